@@ -239,7 +239,15 @@ def run_replays(args: argparse.Namespace) -> None:
     print("\n".join(checks), flush=True)
 
     def run(case, rule):
-        row = {"case": case} | replay(cases[case], beta, rule, seeds)
+        # Each row is cached, so an interrupted replay continues where it stopped.
+        key = hashlib.blake2b(json.dumps([label, case, vars(rule), args.replays]).encode(), digest_size=8).hexdigest()
+        path = cache_dir() / "replay-rows" / f"{key}.json"
+        if path.exists():
+            row = json.loads(path.read_text())
+        else:
+            row = {"case": case} | replay(cases[case], beta, rule, seeds)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(row, default=float))
         print({k: v for k, v in row.items() if k != "truth"}, flush=True)
         return row
 
@@ -287,12 +295,12 @@ What the replays show (read with the tables below; all numbers are reproducible:
   number of instructions to separate the leader from the runner-up, so the *fraction* falls as the pool grows.
   On the 805-instruction pool (judge_preference alone) top-1 at 0.95 was decided with 19.6% of the rows on average
   (p90 33.5%), always agreeing with the exhaustive top-1 — the goal (>= 95% agreement with <= 25% scored) is met
-  on the mean. On the 200-instruction CAR pool (SmolLM2 loss, beta 1) the same contest needs about 60% of the rows
-  (p90 91%): with 200 instructions the leader is only ~3.6 standard errors ahead, so the goal is not reachable
-  there by any rule that keeps its error rate.
+  on the mean. On the 200-instruction CAR pool (SmolLM2 loss, beta 1) the leader is less clear (dividing by
+  1 + loss narrows claude-2.1's lead, its responses have the highest loss) and the rule needs about 120
+  instructions, 60% of the rows (p90 91%): the goal is not met on a pool that small.
 - **Correction: Bonferroni over the G - 1 tested pairs is the default.** Without it (`correction="none"`) half
   as many rows are scored (33.7% vs 60.0% mean on the 200-instruction CAR pool; 10.5% vs 19.6% on the 805 pool),
-  but in the *close* case 1.5-2% of replays stopped on the wrong leader, i.e. 14-15% of its "confident" answers
+  but in the *close* case 1.5-2% of replays stopped on the wrong leader, i.e. 13-14% of its "confident" answers
   were wrong at a nominal 95% (repeated looks and few instructions make the bootstrap optimistic). With Bonferroni
   no confident answer was wrong. `correction="none"` stays available for a cheaper, looser rule.
 - **Minimum instructions: 20.** At 10 the uncorrected rule stopped wrongly on the clear *no-ref* contest too

@@ -69,6 +69,10 @@ APPROACHES = {
 }
 
 
+NOTES = """
+(written by hand after the run above; re-render with `--from-json`)
+"""
+
 # ----------------------------------------------------------------------------------------------- worker side
 
 
@@ -119,16 +123,18 @@ def other_load(before: tuple, after: tuple, self_seconds: float) -> float:
     return max(0.0, (busy - self_seconds) / total) if total > 0 else 0.0
 
 
-def _matmul_rate(torch, n: int = 5) -> float:
-    """Median fp32 GFLOP/s of 2048^3 matmuls on this process's threads."""
+def _matmul_rate(torch, n: int = 5) -> tuple[float, float]:
+    """Median fp32 GFLOP/s of 2048^3 matmuls on this process's threads: (by wall clock, by this process's CPU time)."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
-    times = []
+    wall, cpu = [], []
     for _ in range(n):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _self_ticks()
         a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * 2048**3 / statistics.median(times) / 1e9
+        wall.append(time.perf_counter() - t)
+        cpu.append(max(_self_ticks() - c, 1e-3))
+    flops = 2 * 2048**3
+    return flops / statistics.median(wall) / 1e9, flops / statistics.median(cpu) / 1e9
 
 
 def _zoo_rows(n_examples: int) -> list[dict]:
@@ -275,14 +281,16 @@ def run_worker(spec: dict) -> dict:
     t = time.perf_counter()
     values, counts = run(rows)
     seconds = time.perf_counter() - t
-    foreign = other_load(ticks, _cpu_ticks(), _self_ticks() - own)
+    cpu_seconds = _self_ticks() - own
+    foreign = other_load(ticks, _cpu_ticks(), cpu_seconds)
     peak_kb = _status_kb("VmHWM")
     rate_after = _matmul_rate(torch)
     return {
         "approach": approach, "model": spec["model"], "model_id": model_id, "round": spec["round"],
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "seconds": seconds, "load_seconds": load_seconds, "other_load": foreign,
-        "rate_gflops": (rate_before + rate_after) / 2, "rate_before": rate_before, "rate_after": rate_after,
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "load_seconds": load_seconds, "other_load": foreign,
+        "rate_gflops": (rate_before[0] + rate_after[0]) / 2, "rate_before": rate_before[0], "rate_after": rate_after[0],
+        "cpu_rate_gflops": (rate_before[1] + rate_after[1]) / 2,
         "flops": flops, "all_tokens": all_tokens, "response_tokens": response_tokens, "examples": len(rows),
         "non_embedding_params": non_embedding,
         "values": values, "counts": counts,
@@ -529,16 +537,19 @@ def machine() -> dict:
     return info
 
 
-def results_markdown(args, summary, models, failures, info, versions, elapsed, goal_rows) -> str:
-    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+def results_markdown(args, summary, models, failures, info, versions, elapsed, goal_rows, date=None) -> str:
+    date = date or datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         "# Scoring-engine benchmark",
         "",
-        f"Measured {date} by `python bench/score_bench.py{' --quick' if args.quick else ''} --write-results` "
+        f"Measured {date} by `python bench/score_bench.py {_command(args)}` "
         f"({elapsed / 60:.0f} minutes) on: {info['cpu']}, {info['cores']} cores ({info.get('flags', '')}; no GPU), "
         f"{info['ram_gb']} GiB RAM; torch {versions['torch']}, transformers {versions['transformers']}, "
-        f"datasets {versions['datasets']}, Python {versions['python']}; {args.threads} torch threads; fp32 unless "
-        "marked bf16.",
+        f"datasets {versions['datasets']}, Python {versions['python']}; {args.threads} torch thread(s); fp32 unless "
+        "marked bf16. Speeds by "
+        + ("the worker's **CPU seconds** (1 thread: time spent waiting for a core on the shared machine is not "
+           "counted; the matmul rate of the floor is measured the same way)." if args.clock == "cpu" else
+           "wall clock."),
         "",
         f"Data: {args.examples} real AlpacaEval-zoo rows (first {(args.examples + 3) // 4} instructions × "
         f"{', '.join(GENERATORS)}), rendered by `car_hf.formats` with a {args.max_length}-token cap, so every "
@@ -594,7 +605,11 @@ def results_markdown(args, summary, models, failures, info, versions, elapsed, g
     ]
     for goal, measured, met in goal_rows:
         lines.append(f"| {goal} | {measured} | {'yes' if met else '**no**'} |")
-    lines += ["", "<!-- notes -->", ""]
+    loads = [s["other_load"] for s in summary.values() if s.get("other_load") is not None]
+    if loads:
+        lines += ["", f"Other processes used a median {100 * statistics.median(loads):.0f}% of the machine's CPUs during "
+                  "the timed sections (column \"other load\"; 0% = the machine was ours)."]
+    lines += ["", "## Notes", "", NOTES.strip(), ""]
     return "\n".join(lines)
 
 
@@ -609,11 +624,15 @@ def main(argv=None) -> int:
     parser.add_argument("--approaches", default=None, help="comma-separated subset of " + ",".join(APPROACHES))
     parser.add_argument("--wait-idle", type=float, default=None,
                         help="before each measurement wait up to this many seconds for other processes to use < 25%% "
-                        "of the CPUs (default 600; quick 0)")
+                        "of the CPUs (default 60; quick 0)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time by wall clock (default) or by the worker's CPU seconds (only with --threads 1: "
+                        "on a shared machine a 1-thread process's CPU time does not count the time it waits for a core)")
     parser.add_argument("--no-reward", action="store_true")
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--write-results", action="store_true", help=f"write {RESULTS.relative_to(ROOT)}")
     parser.add_argument("--json", default=None, help="also dump every raw measurement to this file")
+    parser.add_argument("--from-json", default=None, help="re-report (and --write-results) a --json dump, no measuring")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -624,11 +643,13 @@ def main(argv=None) -> int:
             json.dump(result, f)
         return 0
 
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1 (threads spinning at a barrier count as CPU time)")
     models = (args.models or ("smollm2" if args.quick else "gemma,smollm2")).split(",")
     args.examples = args.examples or (12 if args.quick else 48)
     args.repeats = args.repeats or (1 if args.quick else 3)
     if args.wait_idle is None:
-        args.wait_idle = 0.0 if args.quick else 600.0
+        args.wait_idle = 0.0 if args.quick else 60.0
     loss_approaches = ["a", "b", "car"] + ([] if (args.quick or args.no_bf16) else ["car_bf16"])
     reward_approaches = [] if args.no_reward else ["reward_loop", "reward_car"]
     if args.approaches:
@@ -641,7 +662,18 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     results = []
-    for round_ in range(args.repeats):
+    measured_on = None
+    if args.from_json:
+        dump = json.load(open(args.from_json))
+        measured_on = dump.get("date") or datetime.datetime.fromtimestamp(os.path.getmtime(args.from_json)).strftime(
+            "%Y-%m-%d %H:%M"
+        )
+        results = dump["results"]
+        for key in ("examples", "repeats", "max_length", "threads", "quick", "clock"):
+            setattr(args, key, dump["args"][key])
+        models = [m for m in MODELS if any(r["model"] == m for r in results)]
+        started -= dump.get("elapsed", 0.0)
+    for round_ in range(0 if args.from_json else args.repeats):
         plan = [(m, a) for m in models for a in _rotate(loss_approaches, round_)]
         plan += [(models[0], a) for a in _rotate(reward_approaches, round_)]
         for model, approach in plan:
@@ -650,6 +682,9 @@ def main(argv=None) -> int:
             result = measure(spec, log, args.wait_idle)
             if result is None:
                 continue
+            if args.clock == "cpu":  # speeds from this process's CPU seconds (1 thread: immune to descheduling)
+                result["wall_seconds"], result["seconds"] = result["seconds"], result["cpu_seconds"]
+                result["wall_rate_gflops"], result["rate_gflops"] = result["rate_gflops"], result["cpu_rate_gflops"]
             results.append(result)
             tokens = result["all_tokens"] if approach.startswith("reward") else result["response_tokens"]
             log(
@@ -680,12 +715,28 @@ def main(argv=None) -> int:
     print(f"total {elapsed:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": info, "results": results}, f)
+            json.dump({"args": vars(args), "machine": info, "results": results, "elapsed": elapsed,
+                       "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}, f)
     if args.write_results:
-        RESULTS.write_text(results_markdown(args, summary, models, failures, info, versions, elapsed, goal_rows))
+        RESULTS.write_text(
+            results_markdown(args, summary, models, failures, info, versions, elapsed, goal_rows, date=measured_on)
+        )
         print(f"wrote {RESULTS}")
     del reward_model
     return 1 if failures else 0
+
+
+def _command(args) -> str:
+    parts = ["--quick"] if args.quick else []
+    if args.threads != 2:
+        parts.append(f"--threads {args.threads}")
+    if args.clock != "wall":
+        parts.append(f"--clock {args.clock}")
+    if args.repeats != (1 if args.quick else 3):
+        parts.append(f"--repeats {args.repeats}")
+    if args.examples != (12 if args.quick else 48):
+        parts.append(f"--examples {args.examples}")
+    return " ".join(parts + ["--write-results"])
 
 
 def _rotate(items: list, k: int) -> list:

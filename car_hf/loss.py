@@ -72,10 +72,11 @@ def _check_head(model: Any, device: torch.device) -> None:
     _HEAD_CHECKED.add(id(model))
 
 
-# CPU micro-batches hold at most this many padded tokens, whatever ``batch_tokens`` allows: measured on a 2-core
-# AVX-512 CPU (bench/score_bench.py), 1-2k-token batches ran the backbone faster than 8k ones (activations stay in
-# cache, and CPU GEMMs gain nothing from more rows) and than one sequence at a time (small GEMMs).
-_CPU_BATCH_TOKENS = 4096
+# CPU micro-batches hold at most this many padded tokens, whatever ``batch_tokens`` allows. Measured with
+# bench/score_bench.py's rows (CPU seconds, 1 thread, so other processes on the shared machine do not blur it):
+# 1024-token batches cost 0.66x (Gemma-3-270m) / 0.71x (SmolLM2-135M) of 8192-token ones and within 2% of one
+# sequence at a time: activations stay in cache, and CPU GEMMs gain nothing from more rows.
+_CPU_BATCH_TOKENS = 1024
 # Rows per LM-head chunk: enough rows that the [rows, H] x [H, vocab] GEMM re-uses each weight it streams (256),
 # or more while one chunk of fp32 logits stays under 64 MB; never above ``logits_mb``.
 _HEAD_MIN_ROWS = 256
