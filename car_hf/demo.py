@@ -83,7 +83,7 @@ def run_demo(
     zoo: str | os.PathLike | None = None,
     beta: float = 1.0,
     max_length: int = 512,
-    max_examples: int = 400,
+    max_examples: int = 250,
     confidence: float = 0.95,
     seed: int = 0,
     include_reference: bool = False,

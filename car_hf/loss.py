@@ -5,9 +5,9 @@ base model: the assistant turn as the base model's chat template renders it, end
 included, prompt masked — the tokens TRL's ``SFTTrainer`` trains on with completion-only loss.
 
 The engine never builds full-vocabulary logits for prompt tokens: it runs the backbone, gathers the
-hidden states whose *next* token is a response token, and applies the LM head only there, in chunks
-of rows sized so that one chunk of fp32 logits stays under ``logits_mb`` (Gemma-3's 262k vocabulary
-makes full logits of one 2k-token example 2 GB).
+hidden states whose *next* token is a response token, and applies the LM head only there, in tiles of
+[rows, vocabulary block] fp32 logits with an online log-sum-exp, so memory stays under ``logits_mb``
+whatever the vocabulary (Gemma-3's 262k vocabulary makes full logits of one 2k-token example 2 GB).
 
 Example:
     >>> from datasets import Dataset
@@ -20,11 +20,11 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from .batching import pad_right, token_budget_batches
+from .batching import model_batches
 from .formats import Example, Rendered
 from .transform import DEFAULT_BATCH_TOKENS, ModelTransform
 
@@ -32,39 +32,57 @@ from .transform import DEFAULT_BATCH_TOKENS, ModelTransform
 # Models whose head output was checked against model(...).logits in this process (by id()).
 _HEAD_CHECKED: set[int] = set()
 
+# The LM head runs on tiles of [rows, vocabulary block] fp32 logits, with an online log-sum-exp over the blocks.
+# Measured on a 2-core AVX2 CPU with Gemma-3-270m's head (640 x 262k): [2048, 8192] tiles run the GEMM ~1.3x
+# faster than [256 rows, whole vocabulary] chunks (the tile stays in cache for the softcap and exp passes), in
+# 64 MB instead of 256 MB, whatever the vocabulary size.
+_HEAD_ROWS = 2048
+_VOCAB_BLOCK = 8192
 
-def _head_logits(model: Any, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The LM head on ``hidden`` [rows, H] with the model's own logit post-processing, in fp32.
 
-    With ``out`` (a contiguous fp32 [rows, vocab] buffer) a plain bias-free fp32 ``nn.Linear`` head writes into
-    it: no fresh allocation (and page faults) per chunk. Other heads return a new tensor.
+def _logit_tiles(
+    model: Any, hidden: torch.Tensor, block: int, buffer: torch.Tensor | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(vocab offset, fp32 logits [rows, <= block])`` of the LM head on ``hidden`` [rows, H], block by block.
+
+    The model's own logit post-processing (Gemma-2/3 tanh softcapping) is applied in the head's dtype, as the
+    model does. A plain ``nn.Linear`` head is sliced by vocabulary block (an fp32 bias-free one writes into
+    ``buffer``: no allocation, no page faults per tile); any other head module (an adapter on the head, say) runs
+    whole and its logits are cut into blocks. Tiles may be modified in place by the caller.
     """
     head = model.get_output_embeddings()
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    weight = getattr(head, "weight", None)
-    if (
-        out is not None and type(head) is torch.nn.Linear and head.bias is None
-        and weight.dtype == torch.float32 and hidden.dtype == torch.float32
-    ):
-        logits = torch.mm(hidden, weight.t(), out=out)
-        if softcap is not None:  # Gemma-2/3 squash logits with tanh before the loss.
-            logits.div_(softcap).tanh_().mul_(softcap)
-        return logits
-    logits = head(hidden)
-    if softcap is not None:  # Gemma-2/3 squash logits with tanh before the loss.
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits.float()
+
+    def finish(logits: torch.Tensor) -> torch.Tensor:
+        if softcap is not None:
+            logits = logits.div_(softcap).tanh_().mul_(softcap)
+        return logits.float()
+
+    if type(head) is not torch.nn.Linear:
+        logits = finish(head(hidden))
+        for lo in range(0, logits.shape[1], block):
+            yield lo, logits[:, lo : lo + block]
+        return
+    weight, bias = head.weight, head.bias
+    into_buffer = buffer is not None and bias is None and weight.dtype == hidden.dtype == torch.float32
+    for lo in range(0, weight.shape[0], block):
+        w = weight[lo : lo + block]
+        if into_buffer:
+            yield lo, finish(torch.mm(hidden, w.t(), out=buffer[: hidden.shape[0], : w.shape[0]]))
+        else:
+            yield lo, finish(torch.nn.functional.linear(hidden, w, None if bias is None else bias[lo : lo + block]))
 
 
 def _check_head(model: Any, device: torch.device) -> None:
-    """Fail fast if this architecture post-processes logits in a way :func:`_head_logits` misses."""
+    """Fail fast if this architecture post-processes logits in a way :func:`_logit_tiles` misses."""
     if id(model) in _HEAD_CHECKED:
         return
     vocab = model.get_output_embeddings().weight.shape[0]
     ids = torch.arange(1, 9, device=device).remainder(vocab).unsqueeze(0)
     reference = model(input_ids=ids, use_cache=False).logits[0].float()
     hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
-    if not torch.allclose(_head_logits(model, hidden), reference, rtol=1e-3, atol=1e-3):
+    ours = torch.cat([tile for _, tile in _logit_tiles(model, hidden, block=vocab // 3 + 1)], dim=1)
+    if ours.shape != reference.shape or not torch.allclose(ours, reference, rtol=1e-3, atol=1e-3):
         raise NotImplementedError(
             f"{type(model).__name__} transforms its logits in a way car_hf does not reproduce; "
             "please open an issue with the model id"
@@ -72,15 +90,21 @@ def _check_head(model: Any, device: torch.device) -> None:
     _HEAD_CHECKED.add(id(model))
 
 
-# CPU micro-batches hold at most this many padded tokens, whatever ``batch_tokens`` allows. Measured with
-# bench/score_bench.py's rows (CPU seconds, 1 thread, so other processes on the shared machine do not blur it):
-# 1024-token batches cost 0.66x (Gemma-3-270m) / 0.71x (SmolLM2-135M) of 8192-token ones and within 2% of one
-# sequence at a time: activations stay in cache, and CPU GEMMs gain nothing from more rows.
-_CPU_BATCH_TOKENS = 1024
-# Rows per LM-head chunk: enough rows that the [rows, H] x [H, vocab] GEMM re-uses each weight it streams (256),
-# or more while one chunk of fp32 logits stays under 64 MB; never above ``logits_mb``.
-_HEAD_MIN_ROWS = 256
-_HEAD_CHUNK_BYTES = 64 * 2**20
+def _head_nll(model: Any, hidden: torch.Tensor, targets: torch.Tensor, block: int, buffer: torch.Tensor | None):
+    """``-log softmax(head(hidden))[targets]`` per row (float64), by an online log-sum-exp over vocabulary tiles."""
+    rows = hidden.shape[0]
+    peak = torch.full((rows,), -math.inf, dtype=torch.float32, device=hidden.device)
+    total = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
+    target_logit = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+    for lo, tile in _logit_tiles(model, hidden, block, buffer):
+        local = targets - lo
+        hit = ((local >= 0) & (local < tile.shape[1])).nonzero()[:, 0]
+        target_logit[hit] = tile[hit, local[hit]]
+        new_peak = torch.maximum(peak, tile.amax(1))
+        total.mul_(torch.exp(peak - new_peak).double())  # rescale the running sum to the new maximum
+        total.add_(tile.sub_(new_peak[:, None]).exp_().sum(1).double())  # in place: no second tile
+        peak = new_peak
+    return peak.double() + total.log() - target_logit.double()
 
 
 def response_nll(
@@ -95,24 +119,22 @@ def response_nll(
     """Summed NLL and token count of each sequence's response tokens (``ids[start:]``).
 
     The first token of a sequence has no context and is never scored. Sequences are grouped by
-    :func:`~car_hf.batching.token_budget_batches` (on CPU, micro-batches of at most ``_CPU_BATCH_TOKENS``);
-    results come back in input order.
+    :func:`~car_hf.batching.model_batches`; results come back in input order.
 
     The backbone runs per micro-batch; the hidden states that predict response tokens are queued, and the LM head
     runs on full chunks of rows taken across micro-batches (so short sequences do not make small, slow head GEMMs),
-    writing into one reused fp32 buffer. Each row's NLL is ``max + log(sum(exp(logits - max))) - logits[target]``,
-    computed in place in that buffer (``cross_entropy`` would write a second [rows, vocab] tensor).
+    tile by tile of the vocabulary into one reused fp32 buffer of at most ``logits_mb``. Each row's NLL is
+    ``max + log(sum(exp(logits - max))) - logits[target]``, the sum accumulated over tiles with an online rescale.
     """
     device = next(model.parameters()).device
     _check_head(model, device)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    row_bytes = 4 * vocab
-    head_rows = max(_HEAD_MIN_ROWS, _HEAD_CHUNK_BYTES // row_bytes)
-    head_rows = max(1, min(head_rows, logits_mb * 2**20 // row_bytes))
-    budget = min(batch_tokens, _CPU_BATCH_TOKENS) if device.type == "cpu" else batch_tokens
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0]
+    block = min(_VOCAB_BLOCK, vocab)
+    budget = max(1, logits_mb * 2**20 // 4)  # fp32 logits held at once
+    # A plain head is tiled [rows, block]; any other head module computes whole rows of the vocabulary.
+    head_rows = max(1, min(_HEAD_ROWS, budget // (block if type(head) is torch.nn.Linear else vocab)))
     counts = [max(0, len(s.ids) - max(s.start, 1)) for s in sequences]
-    todo = [i for i, n in enumerate(counts) if n > 0]
-    lengths = [len(sequences[i].ids) for i in todo]
     totals = torch.zeros(len(sequences), dtype=torch.float64, device=device)
     queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (hidden rows, targets, sequence index)
     queued = 0
@@ -125,25 +147,20 @@ def response_nll(
         else:
             hidden, targets, owner = (torch.cat([q[k] for q in queue]) for k in range(3))
         stop = queued if final else queued - queued % head_rows
+        if buffer is None or buffer.shape[0] < min(head_rows, stop):
+            buffer = torch.empty((min(head_rows, stop), block), dtype=torch.float32, device=device)
         for lo in range(0, stop, head_rows):
             hi = min(lo + head_rows, stop)
-            if buffer is None or buffer.shape[0] < hi - lo:
-                buffer = torch.empty((hi - lo, vocab), dtype=torch.float32, device=device)
-            logits = _head_logits(model, hidden[lo:hi], out=buffer[: hi - lo])
-            target = logits.gather(1, targets[lo:hi, None])[:, 0]
-            peak = logits.amax(1, keepdim=True)
-            logits.sub_(peak).exp_()  # in place: no second [rows, vocab] tensor
-            nll = peak[:, 0] + logits.sum(1).log() - target
-            totals.index_add_(0, owner[lo:hi], nll.double())
+            totals.index_add_(0, owner[lo:hi], _head_nll(model, hidden[lo:hi], targets[lo:hi], block, buffer))
         queue = [(hidden[stop:], targets[stop:], owner[stop:])] if stop < queued else []
         queued -= stop
 
     with torch.inference_mode():
-        for group in token_budget_batches(lengths, budget, max_rows):
-            members = [todo[g] for g in group]
-            input_ids, attention_mask = pad_right([sequences[i].ids for i in members], pad_id, device)
-            if len(members) == 1:
-                attention_mask = None  # nothing padded: lets the model take its plain causal attention path
+        # Sequences with no response token to score are left out of the batches (their total stays 0).
+        scored = [s.ids if n > 0 else [] for s, n in zip(sequences, counts)]
+        for members, input_ids, attention_mask in model_batches(
+            scored, pad_id, device, batch_tokens=batch_tokens, max_rows=max_rows
+        ):
             hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
             owner, position = [], []
             for row, i in enumerate(members):

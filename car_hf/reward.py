@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .batching import pad_right, token_budget_batches
+from .batching import model_batches
 from .formats import Example, Rendered
 from .transform import ModelTransform
 
@@ -50,11 +50,10 @@ def reward_scores(
     """
     device = next(model.parameters()).device
     scores = [float("nan")] * len(sequences)
-    todo = [i for i, s in enumerate(sequences) if s.ids]
     with torch.inference_mode():
-        for group in token_budget_batches([len(sequences[i].ids) for i in todo], batch_tokens, max_rows):
-            members = [todo[g] for g in group]
-            input_ids, attention_mask = pad_right([sequences[i].ids for i in members], pad_id, device)
+        for members, input_ids, attention_mask in model_batches(
+            [s.ids for s in sequences], pad_id, device, batch_tokens=batch_tokens, max_rows=max_rows
+        ):
             values = _pooled_scores(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False))
             for row, i in enumerate(members):
                 scores[i] = float(values[row])

@@ -10,7 +10,7 @@ from datasets import Dataset
 import tiny
 from car_hf import InputError, add_base_loss
 from car_hf import formats
-from car_hf.batching import token_budget_batches
+from car_hf.batching import model_batches, token_budget_batches
 
 
 def reference_nll(model, rendered):
@@ -164,6 +164,18 @@ def test_token_budget_batches_respect_the_budget_and_cover_every_index():
         assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 200
     assert batches[0] == [7]  # longest first, alone: it exceeds the budget by itself
     assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+
+
+def test_model_batches_cap_cpu_batches_skip_empty_rows_and_unmask_single_rows():
+    sequences = [[1] * 600, [], [2] * 300, [3] * 3, [4] * 2]
+    batches = list(model_batches(sequences, pad_id=0, device=torch.device("cpu"), batch_tokens=100_000))
+    assert [members for members, _, _ in batches] == [[0], [2, 3, 4]]  # 2 x 600 > 1024: the CPU cap, not 100k
+    (_, alone, no_mask), (_, ids, mask) = batches
+    assert no_mask is None and alone.shape == (1, 600)
+    assert ids.shape == (3, 300) and ids[1, :3].tolist() == [3, 3, 3] and ids[1, 3:].eq(0).all()
+    assert mask.sum(1).tolist() == [300, 3, 2]
+    with_rows = list(model_batches(sequences, pad_id=0, device=torch.device("cpu"), batch_tokens=600, max_rows=1))
+    assert [m for m, _, _ in with_rows] == [[0], [2], [3], [4]]
 
 
 def test_transform_pickles_as_its_recipe_not_its_weights(tokenizer, causal_lm, tiny_model_dir):
