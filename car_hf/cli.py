@@ -306,8 +306,15 @@ def leaderboard_markdown(table) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .hub import PublishError
+
     args = build_parser().parse_args(argv)
-    return {"score": cmd_score, "rank": cmd_rank, "push": cmd_push, "demo": cmd_demo}[args.command](args)
+    try:
+        return {"score": cmd_score, "rank": cmd_rank, "push": cmd_push, "demo": cmd_demo}[args.command](args)
+    except (ValueError, KeyError, FileNotFoundError, PublishError) as error:  # the user's to fix: a message, no traceback
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"car-hf {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -63,8 +63,16 @@ def load_zoo(path: str | os.PathLike | None = None) -> datasets.Dataset:
     if local is not None:
         return datasets.load_dataset("json", data_files=str(local), split="train")
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
-    files = [hf_hub_download(HUB_REPO, name, repo_type="dataset") for name in (HUB_OUTPUTS, HUB_ANNOTATIONS)]
+    try:
+        files = [hf_hub_download(HUB_REPO, name, repo_type="dataset") for name in (HUB_OUTPUTS, HUB_ANNOTATIONS)]
+    except (OSError, HfHubHTTPError) as error:  # offline, no network, or the Hub refused
+        raise FileNotFoundError(
+            f"no local zoo ($CAR_HF_ZOO is unset and there is no shared/data/{ZOO_FILE.as_posix()} in {Path.cwd()} "
+            f"or above it) and the Hub copy ({HUB_REPO}) could not be read: {type(error).__name__}. "
+            "Pass the zoo file (--zoo / path=) or allow Hub access."
+        ) from error
     outputs, annotations = (json.loads(Path(f).read_text()) for f in files)
     return datasets.Dataset.from_list(zoo_from_alpaca_eval(outputs, annotations))
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import pandas as pd
+import re
+
 import pytest
 from datasets import load_dataset, load_from_disk
 
@@ -55,14 +57,16 @@ def test_rank_scores_ranks_plots_and_push_dry_run_round_trips(tmp_path, hf_cache
     assert "instruction-tuning" in card and str(tiny_model_dir) in card
 
 
-def test_bad_input_errors_name_columns(tmp_path, data_file, tiny_model_dir):
-    with pytest.raises(ValueError, match=r"generator\(s\) \['nope'\] not in column 'generator'"):
-        main(["rank", str(data_file), "--generators", "nope"])
-    with pytest.raises(KeyError, match="reward column 'judge' is missing"):
-        main(["score", str(data_file), "--base-model", str(tiny_model_dir), "--reward-column", "judge",
-              "-o", str(tmp_path / "x.parquet")])
-    with pytest.raises(FileNotFoundError, match="scored is missing"):
-        main(["push", str(tmp_path), "me/x", "--dry-run", str(tmp_path / "y")])
+def test_bad_input_errors_name_columns(tmp_path, data_file, tiny_model_dir, capsys):
+    # exit status 2 and one line on stderr naming what to fix, no traceback
+    assert main(["rank", str(data_file), "--generators", "nope"]) == 2
+    assert re.search(r"(?m)^car-hf rank: error: .*generator\(s\) \['nope'\] not in column 'generator'", capsys.readouterr().err)
+    assert main(["score", str(data_file), "--base-model", str(tiny_model_dir), "--reward-column", "judge",
+                 "-o", str(tmp_path / "x.parquet")]) == 2
+    assert "car-hf score: error: reward column 'judge' is missing" in capsys.readouterr().err
+    assert main(["push", str(tmp_path), "me/x", "--dry-run", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "car-hf push: error:" in err and "scored is missing" in err and "Traceback" not in err
 
 
 def test_console_script_help_documents_every_option():

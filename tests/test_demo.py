@@ -43,3 +43,14 @@ def test_demo_runs_end_to_end_on_real_rows_with_a_tiny_model(tmp_path, tiny_mode
     for name in ("leaderboard.md", "leaderboard.csv", "car_config.json", "ranking.png"):
         assert (out / name).exists()
     assert json.loads((out / "car_config.json").read_text())["excluded_reference_generators"] == ["gpt4_1106_preview"]
+
+
+def test_demo_without_a_local_zoo_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no shared/data above it
+    monkeypatch.delenv("CAR_HF_ZOO", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # conftest sets it too: huggingface_hub refuses to download
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert main(["demo", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "car-hf demo: error: no local zoo" in err and "tatsu-lab/alpaca_eval" in err and "--zoo" in err
+    assert not (tmp_path / "out").exists()
