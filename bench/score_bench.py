@@ -23,8 +23,9 @@ How it measures (2 CPU cores, shared with other work, so nothing here is a bare 
   all tokens + 2 x hidden x vocab x response tokens (reward: 2 x non-embedding params x all tokens);
 * approaches are interleaved round by round (order rotated each round) and repeated; tables give medians, and
   ratios are medians of per-round paired ratios;
-* per-example agreement of every approach with (a) (fp32, <= 1e-4 nats/token; rewards <= 1e-4 relative) is
-  checked and the script exits 1 when it fails. Speed is reported, never asserted.
+* per-example agreement with (a) (fp32, <= 1e-4 nats/token; rewards <= 1e-4 relative) is checked: the script
+  exits 1 when car_hf's differs; a baseline's own difference from (a) is reported (both are plain fp32
+  full-logit computations). Speed is reported, never asserted.
 
 Usage:
     python bench/score_bench.py --quick                  # CI: SmolLM2, 12 rows, 1 round, < 2 minutes
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -68,10 +70,6 @@ APPROACHES = {
     "reward_car": "car_hf add_reward",
 }
 
-
-NOTES = """
-(written by hand after the run above; re-render with `--from-json`)
-"""
 
 # ----------------------------------------------------------------------------------------------- worker side
 
@@ -371,9 +369,13 @@ def _fmt(x, spec="{:.0f}", none="–"):
     return none if x is None else spec.format(x)
 
 
-def check_agreement(results: list[dict], log) -> list[str]:
-    """Compare every measurement with the first fp32 (a) (or reward loop) one of its model, row by row."""
-    failures = []
+def check_agreement(results: list[dict], log) -> tuple[list[str], list[str]]:
+    """Compare every measurement with the first fp32 (a) (or reward loop) one of its model, row by row.
+
+    Returns (failures, notes): car_hf beyond the tolerance (or any wrong token count) fails; a baseline beyond it
+    is a note — (b) and (a) differ only by fp32 rounding, which is what it measures.
+    """
+    failures, notes = [], []
     for model in sorted({r["model"] for r in results}):
         for family, reference_name, tolerance in (("loss", "a", LOSS_TOLERANCE), ("reward", "reward_loop", REWARD_TOLERANCE)):
             group = [r for r in results if r["model"] == model and r["approach"].startswith("reward") == (family == "reward")]
@@ -396,13 +398,14 @@ def check_agreement(results: list[dict], log) -> list[str]:
                     worst = max(worst, diff)
                 r["max_diff_vs_reference"] = worst
                 if not worst <= tolerance:
-                    failures.append(
-                        f"{model} {r['approach']} round {r['round']}: max per-example difference {worst:.2e} "
-                        f"vs {reference_name} > {tolerance:g}"
-                    )
+                    message = (f"{model} {r['approach']} round {r['round']}: max per-example difference {worst:.2e} "
+                               f"vs {reference_name} > {tolerance:g}")
+                    (failures if r["approach"] in ("car", "reward_car") else notes).append(message)
     for f in failures:
         log("AGREEMENT FAILURE: " + f)
-    return failures
+    for n in notes:
+        log("baseline disagreement (not car_hf): " + n)
+    return failures, notes
 
 
 def summarize(results: list[dict]) -> dict:
@@ -425,6 +428,7 @@ def summarize(results: list[dict]) -> dict:
             "loaded_mb": _median([r["rss_loaded_mb"] for r in rs]),
             "tokens": tokens, "all_tokens": rs[0]["all_tokens"], "response_tokens": rs[0]["response_tokens"],
             "flops": rs[0]["flops"],
+            "max_diff": max((r.get("max_diff_vs_reference", math.nan) for r in rs), default=math.nan),
         }
 
     def paired(model, num, den):
@@ -459,10 +463,16 @@ def _ratio(t):
     return f"{median:.2f}×" if lo == hi else f"{median:.2f}× ({lo:.2f}–{hi:.2f})"
 
 
+def _diff(s: dict, is_reference: bool) -> str:
+    if is_reference:
+        return "reference"
+    return "see bf16 table" if math.isnan(s["max_diff"]) else f"{s['max_diff']:.1e}"
+
+
 def tables(summary: dict, models: list[str]) -> str:
     lines = [
-        "| model | approach | response tok/s | % of fp32 floor | peak RSS (model loaded) | vs (a) | vs (b) | other load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | approach | response tok/s | % of fp32 floor | peak RSS (model loaded) | vs (a) | vs (b) | max Δ vs (a), nats/token | other load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for model in models:
         for approach in ("a", "b", "car", "car_bf16"):
@@ -472,21 +482,21 @@ def tables(summary: dict, models: list[str]) -> str:
             lines.append(
                 f"| {MODELS[model]} | {APPROACHES[approach]} | {s['tok_s']:.0f} | {s['floor_pct']:.0f}% | "
                 f"{s['peak_mb'] / 1024:.2f} GB ({s['loaded_mb'] / 1024:.2f}) | {_ratio(s['vs_a'])} | {_ratio(s['vs_b'])} | "
-                f"{100 * s['other_load']:.0f}% |"
+                f"{_diff(s, approach == 'a')} | {100 * s['other_load']:.0f}% |"
             )
     out = "\n".join(lines)
     reward = [(m, a) for m in models for a in ("reward_loop", "reward_car") if (m, a) in summary]
     if reward:
         rl = [
-            "| reward model | approach | tokens/s (all tokens) | % of fp32 floor | peak RSS (model loaded) | vs loop | other load |",
-            "|---|---|---|---|---|---|---|",
+            "| reward model | approach | tokens/s (all tokens) | % of fp32 floor | peak RSS (model loaded) | vs loop | max relative Δ vs loop | other load |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for m, a in reward:
             s = summary[(m, a)]
             rl.append(
                 f"| SmolLM2-135M + 1-output head | {APPROACHES[a]} | {s['tok_s']:.0f} | {s['floor_pct']:.0f}% | "
                 f"{s['peak_mb'] / 1024:.2f} GB ({s['loaded_mb'] / 1024:.2f}) | {_ratio(s['vs_loop'])} | "
-                f"{100 * s['other_load']:.0f}% |"
+                f"{_diff(s, a == 'reward_loop')} | {100 * s['other_load']:.0f}% |"
             )
         out += "\n\n" + "\n".join(rl)
     bf = [(m, summary[(m, "car_bf16")]) for m in models if "max_error" in summary.get((m, "car_bf16"), {})]
@@ -537,7 +547,7 @@ def machine() -> dict:
     return info
 
 
-def results_markdown(args, summary, models, failures, info, versions, elapsed, goal_rows, date=None) -> str:
+def results_markdown(args, summary, models, failures, notes, info, versions, elapsed, goal_rows, date=None) -> str:
     date = date or datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         "# Scoring-engine benchmark",
@@ -591,12 +601,16 @@ def results_markdown(args, summary, models, failures, info, versions, elapsed, g
         "response tokens; reward: 2 × non-embedding parameters × all tokens) over the fp32 rate of 2048³ torch "
         "matmuls timed in the same process right before and after the timed section. % of floor = floor time / "
         "measured time. Attention FLOPs are not counted (≤ 512 tokens).",
-        "- The machine is shared (2 cores, other engineers' tests running): approaches are interleaved round by "
-        "round with the order rotated, ratios are per-round pairs. Absolute tokens/s move with the load; "
-        "ratios and % of floor much less.",
-        f"- Agreement: every approach's per-example loss equals (a)'s within {LOSS_TOLERANCE:g} nats/token in fp32 "
+        "- The machine may be shared with other jobs: approaches are interleaved round by round with the order "
+        "rotated, ratios are per-round pairs, and the \"other load\" column says how busy the rest of the machine "
+        "was. Absolute tokens/s move with the load; ratios and % of floor much less.",
+        f"- Agreement: car_hf's per-example loss must equal (a)'s within {LOSS_TOLERANCE:g} nats/token in fp32 "
         f"(rewards: within {REWARD_TOLERANCE:g} relative) — "
-        + ("**all checks passed**." if not failures else "**FAILED**: " + "; ".join(failures)),
+        + ("**passed**." if not failures else "**FAILED**: " + "; ".join(failures))
+        + (" Baselines beyond that tolerance (both are plain fp32 full-logit computations; what differs is fp32 "
+           "rounding of the log-softmax over the vocabulary, largest per token on short responses; car_hf's tiled "
+           "head agrees with a float64 head to ~2e-7, `tests/test_real_models.py`): " + "; ".join(notes) + "."
+           if notes else ""),
         "",
         "## Goals for car_hf on this CPU",
         "",
@@ -609,7 +623,7 @@ def results_markdown(args, summary, models, failures, info, versions, elapsed, g
     if loads:
         lines += ["", f"Other processes used a median {100 * statistics.median(loads):.0f}% of the machine's CPUs during "
                   "the timed sections (column \"other load\"; 0% = the machine was ours)."]
-    lines += ["", "## Notes", "", NOTES.strip(), ""]
+    lines += ["", "What the figures mean for users: the README's *Speed and exactness* section.", ""]
     return "\n".join(lines)
 
 
@@ -696,7 +710,7 @@ def main(argv=None) -> int:
             )
     elapsed = time.perf_counter() - started
 
-    failures = check_agreement(results, log)
+    failures, notes = check_agreement(results, log)
     reward_model = [r for r in results if r["approach"].startswith("reward")]
     summary = summarize(results)
     info = machine()
@@ -719,7 +733,8 @@ def main(argv=None) -> int:
                        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}, f)
     if args.write_results:
         RESULTS.write_text(
-            results_markdown(args, summary, models, failures, info, versions, elapsed, goal_rows, date=measured_on)
+            results_markdown(args, summary, models, failures, notes, info, versions, elapsed, goal_rows,
+                             date=measured_on)
         )
         print(f"wrote {RESULTS}")
     del reward_model
