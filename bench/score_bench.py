@@ -28,7 +28,7 @@ How it measures (2 CPU cores, shared with other work, so nothing here is a bare 
   full-logit computations). Speed is reported, never asserted.
 
 Usage:
-    python bench/score_bench.py --quick                  # CI: SmolLM2, 12 rows, 1 round, < 2 minutes
+    python bench/score_bench.py --quick                  # CI: SmolLM2, 8 rows, 1 round, ~2 minutes
     python bench/score_bench.py --write-results          # full: both models, 48 rows, 3 rounds -> bench/RESULTS.md
 """
 
@@ -629,7 +629,7 @@ def results_markdown(args, summary, models, failures, notes, info, versions, ela
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="SmolLM2 only, 12 rows, 1 round, no bf16 (CI, < 2 min)")
+    parser.add_argument("--quick", action="store_true", help="SmolLM2 only, 8 rows, 1 round, no bf16 (CI, ~2 min)")
     parser.add_argument("--models", default=None, help="comma-separated among gemma,smollm2 (default: both)")
     parser.add_argument("--examples", type=int, default=None, help="rows (default 48; quick 12)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3; quick 1)")
@@ -660,7 +660,7 @@ def main(argv=None) -> int:
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu needs --threads 1 (threads spinning at a barrier count as CPU time)")
     models = (args.models or ("smollm2" if args.quick else "gemma,smollm2")).split(",")
-    args.examples = args.examples or (12 if args.quick else 48)
+    args.examples = args.examples or (8 if args.quick else 48)
     args.repeats = args.repeats or (1 if args.quick else 3)
     if args.wait_idle is None:
         args.wait_idle = 0.0 if args.quick else 60.0
@@ -749,7 +749,7 @@ def _command(args) -> str:
         parts.append(f"--clock {args.clock}")
     if args.repeats != (1 if args.quick else 3):
         parts.append(f"--repeats {args.repeats}")
-    if args.examples != (12 if args.quick else 48):
+    if args.examples != (8 if args.quick else 48):
         parts.append(f"--examples {args.examples}")
     return " ".join(parts + ["--write-results"])
 
