@@ -95,11 +95,12 @@ def _head_nll(model: Any, hidden: torch.Tensor, targets: torch.Tensor, block: in
     rows = hidden.shape[0]
     peak = torch.full((rows,), -math.inf, dtype=torch.float32, device=hidden.device)
     total = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
-    target_logit = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+    target_logit = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
     for lo, tile in _logit_tiles(model, hidden, block, buffer):
         local = targets - lo
-        hit = ((local >= 0) & (local < tile.shape[1])).nonzero()[:, 0]
-        target_logit[hit] = tile[hit, local[hit]]
+        inside = (local >= 0) & (local < tile.shape[1])
+        picked = tile.gather(1, local.clamp(0, tile.shape[1] - 1)[:, None])[:, 0]
+        target_logit = torch.where(inside, picked, target_logit)  # no host sync (nonzero would wait for the GPU)
         new_peak = torch.maximum(peak, tile.amax(1))
         total.mul_(torch.exp(peak - new_peak).double())  # rescale the running sum to the new maximum
         total.add_(tile.sub_(new_peak[:, None]).exp_().sum(1).double())  # in place: no second tile
