@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from car_hf import adaptive
-from car_hf.car import Cells
+from car_hf.ranking import Cells
 
 ZOO = Path(os.environ.get("CAR_HF_SHARED_DATA") or ROOT.parent / "shared" / "data") / "alpaca_eval_zoo" / "zoo.jsonl.gz"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -73,7 +73,7 @@ def score(args: argparse.Namespace) -> None:
     import datasets
     import torch
 
-    from car_hf.car import CARScorer
+    from car_hf.scoring import CARScorer
     from car_hf.data import map_scores
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

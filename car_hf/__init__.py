@@ -5,39 +5,39 @@ reward r of their responses, discounted by the responses' mean loss L under the 
 (Xu et al., 2024, arXiv 2411.07133).
 
 Example:
-    >>> from datasets import Dataset
-    >>> from car_hf import add_car, rank_generators
-    >>> ds = Dataset.from_list([...])  # doctest: +SKIP
-    >>> scored = ds.map(add_car(reward_column="judge_preference"), batched=True)  # doctest: +SKIP
-    >>> print(rank_generators(scored).to_markdown())  # doctest: +SKIP
+    >>> from car_hf import CARConfig, add_car, rank_generators
+    >>> scorer = add_car(config=CARConfig(reward_column="judge_preference", beta=1.0))
+    >>> rank_generators({"generator": ["a", "b"], "reward": [0.8, 0.9], "base_loss": [1.0, 2.0]},
+    ...                 n_bootstrap=0)[["generator", "rank"]].values.tolist()
+    [['a', 1], ['b', 2]]
 """
 
+from ._version import __version__
 from .adaptive import AdaptiveResult, rank_adaptive
-from .car import (
-    DEFAULT_BASE_MODEL,
-    BetaFit,
-    add_car,
-    compatibility_adjusted_reward,
-    fit_beta,
-    rank_generators,
-    spearman_table,
-    transform_rewards,
-)
-from .formats import InputError, zoo_to_long
+from .car import compatibility_adjusted_reward, transform_rewards
+from .config import DEFAULT_BASE_MODEL, CARConfig
+from .errors import ConfigError, HubAuthError, InputError, ModelLoadError, PublishError
+from .formats import zoo_to_long
 from .loss import add_base_loss
 from .models import load_model
+from .ranking import BetaFit, fit_beta, rank_generators, spearman_table
 from .reward import DEFAULT_REWARD_MODEL, add_reward
+from .scoring import add_car
 from .selection import CARFilter, select_generator
-
-from ._version import __version__
 
 __all__ = [
     "AdaptiveResult",
+    "BetaFit",
+    "CARConfig",
+    "CARFilter",
+    "ConfigError",
     "DEFAULT_BASE_MODEL",
     "DEFAULT_REWARD_MODEL",
-    "BetaFit",
-    "CARFilter",
+    "HubAuthError",
     "InputError",
+    "ModelLoadError",
+    "PublishError",
+    "__version__",
     "add_base_loss",
     "add_car",
     "add_reward",

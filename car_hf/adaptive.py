@@ -3,7 +3,7 @@
 Ranking generators compares means, and the comparison is often settled long before every example is scored.
 :func:`rank_adaptive` scores whole instructions (every generator's response to each, so the comparison stays
 paired) in a random order fixed by ``seed``, and after each round asks the paired bootstrap of
-:mod:`car_hf.car` whether the ranking is decided:
+:mod:`car_hf.ranking` whether the ranking is decided:
 
 * the pairwise win probability ``P(a beats b)`` is the share of bootstrap resamples of the scored instructions
   (with replacement, the same resample for every generator) in which generator ``a``'s CAR is higher than
@@ -22,7 +22,7 @@ for about twice the rows scored.
 
 It stops when that holds ("confident"), when the next round would exceed ``max_examples`` rows ("budget") or when
 every row is scored ("exhausted"). :func:`stop_decision` is the rule as a pure function of
-:class:`~car_hf.car.Cells`; :func:`plan_rounds` is the round schedule; ``bench/adaptive_replay.py`` replays both
+:class:`~car_hf.ranking.Cells`; :func:`plan_rounds` is the round schedule; ``bench/adaptive_replay.py`` replays both
 on cached scores.
 
 Example:
@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .car import Cells, bootstrap_car, build_cells, rank_generators, transform_rewards
+from .car import transform_rewards
+from .ranking import Cells, bootstrap_car, build_cells, rank_generators
 from .data import map_scores
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def pairwise_win_probability(boot: np.ndarray) -> np.ndarray:
     """``P[a, b]``: share of bootstrap resamples (rows of ``boot``, [B, G]) in which ``a`` beats ``b``.
 
     Ties count one half, so ``P + P.T == 1`` off the diagonal; NaN (a generator with no row in a resample)
-    loses to any number. Pass the CAR draws of :func:`car_hf.car.bootstrap_car`.
+    loses to any number. Pass the CAR draws of :func:`car_hf.ranking.bootstrap_car`.
 
     Example:
         >>> pairwise_win_probability(np.array([[1.0, 0.0], [2.0, 3.0], [1.0, 1.0]])).round(3).tolist()
@@ -165,7 +166,7 @@ def stop_decision(
 
     Generators are ordered by point CAR on the scored instructions. The tested pairs are, for
     ``target="top1"``, the leader against each other generator; for ``target="ranking"``, each adjacent pair
-    of the order. Each pair's win probability comes from the paired bootstrap (:func:`car_hf.car.bootstrap_car`,
+    of the order. Each pair's win probability comes from the paired bootstrap (:func:`car_hf.ranking.bootstrap_car`,
     ``n_bootstrap`` resamples of the instructions, ``seed``); the rule stops when every tested pair's is at least
     ``level`` (:func:`decision_level`: Bonferroni over the ``G - 1`` tested pairs by default) and at least
     ``min_instructions`` instructions are scored.

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .car import DEFAULT_BASE_MODEL, REWARD_TRANSFORMS
+from .config import DEFAULT_BASE_MODEL, REWARD_TRANSFORMS
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scorer(args: argparse.Namespace) -> Any:
-    from .car import CARScorer
+    from .scoring import CARScorer
 
     return CARScorer(
         args.base_model, reward_model=args.reward_model, reward_column=args.reward_column,
@@ -161,7 +161,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from .car import rank_generators
+    from .ranking import rank_generators
 
     from .data import read_config
 

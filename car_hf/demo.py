@@ -105,7 +105,8 @@ def run_demo(
     Returns the :class:`~car_hf.adaptive.AdaptiveResult`.
     """
     from .adaptive import rank_adaptive
-    from .car import DEFAULT_BASE_MODEL, CARScorer
+    from .config import DEFAULT_BASE_MODEL
+    from .scoring import CARScorer
     from .cli import write_ranking
 
     ds = load_zoo(zoo)

@@ -30,19 +30,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
-PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
-"""Prompt template for base models without a chat template (Alpaca style).
+from .config import PLAIN_TEMPLATE
+from .errors import InputError
 
-Earlier turns of a multi-turn conversation are rendered as successive instruction/response blocks.
-Override with ``plain_template=`` (any string with one ``{prompt}`` field)."""
-
-EmptyPolicy = Literal["nan", "score", "raise"]
 
 RESPONSE_FALLBACKS = ("response", "output", "completion")
-
-
-class InputError(ValueError):
-    """A row of the input cannot be scored; the message names the row and the column."""
 
 
 @dataclass(frozen=True)

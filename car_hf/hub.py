@@ -70,6 +70,8 @@ from huggingface_hub import (
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, yaml_dump
 
+from .errors import HubAuthError, PublishError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -115,14 +117,6 @@ CAR_PARAGRAPH = (
     "responses the student finds hard to fit). The paper finds that stronger teachers are not always better ones, "
     "and that CAR predicts which generator's responses tune a base model best more reliably than reward alone."
 )
-
-
-class PublishError(RuntimeError):
-    """An upload to the Hub failed; the message names the step and where the local files are."""
-
-
-class HubAuthError(PublishError):
-    """The Hub rejected the token (HTTP 401) or refused the write (HTTP 403)."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 
 from .batching import model_batches
 from .formats import Example, Rendered
-from .transform import DEFAULT_BATCH_TOKENS, ModelTransform
+from .transform import ModelTransform
 
 
 # Models whose head output was checked against model(...).logits in this process (by id()).
@@ -113,7 +113,7 @@ def response_nll(
     sequences: Sequence[Rendered],
     *,
     pad_id: int,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int = 8192,
     max_rows: int | None = None,
     logits_mb: int = 256,
 ) -> tuple[list[float], list[int]]:
@@ -191,13 +191,16 @@ class BaseLossScorer(ModelTransform):
 
     kind = "causal_lm"
 
-    def __init__(self, model: Any, *, ifd: bool = False, logits_mb: int = 256, **options: Any):
+    def __init__(self, model: Any, *, logits_mb: int = 256, **options: Any):
         super().__init__(model, **options)
-        self.ifd = ifd
         self.logits_mb = logits_mb
 
+    @property
+    def ifd(self) -> bool:
+        return self.config.ifd
+
     def extra_options(self) -> dict[str, Any]:
-        return {"ifd": self.ifd, "logits_mb": self.logits_mb}
+        return {"logits_mb": self.logits_mb}
 
     def score(self, model: Any, tokenizer: Any, examples: list[Example | None]) -> dict[str, list[Any]]:
         rendered = [self.render(e, tokenizer) if e is not None else Rendered([], 0, False) for e in examples]
@@ -208,8 +211,8 @@ class BaseLossScorer(ModelTransform):
             context = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
             sequences += [Rendered([context] + r.ids[r.start :], 1, r.truncated) for r in rendered]
         sums, counts = response_nll(
-            model, sequences, pad_id=tokenizer.pad_token_id, batch_tokens=self.options["batch_tokens"],
-            max_rows=self.options["max_rows"], logits_mb=self.logits_mb,
+            model, sequences, pad_id=tokenizer.pad_token_id, batch_tokens=self.config.batch_tokens,
+            max_rows=self.config.max_rows, logits_mb=self.logits_mb,
         )
         n = len(rendered)
         losses = [s / c if c else math.nan for s, c in zip(sums[:n], counts[:n])]
@@ -225,7 +228,7 @@ class BaseLossScorer(ModelTransform):
         return out
 
 
-def add_base_loss(model: Any, *, ifd: bool = False, **options: Any) -> BaseLossScorer:
+def add_base_loss(model: Any, **options: Any) -> BaseLossScorer:
     """A ``Dataset.map(fn, batched=True)`` transform adding the base model's loss on each response.
 
     Args:
@@ -244,6 +247,7 @@ def add_base_loss(model: Any, *, ifd: bool = False, **options: Any) -> BaseLossS
         empty_response: ``"nan"`` (default: NaN loss, 0 tokens — an empty answer is not evidence of
             compatibility), ``"score"`` (score the end-of-turn tokens alone) or ``"raise"``.
         messages, prompt, response: column names, when the layout is not detected.
+        config: a :class:`~car_hf.CARConfig` holding these options (keywords override it).
 
     Adds ``base_loss`` (float, nats/token), ``base_loss_tokens`` (int), ``base_loss_truncated`` (bool).
     Pass ``with_indices=True`` to ``map`` for dataset row numbers in error messages.
@@ -251,4 +255,4 @@ def add_base_loss(model: Any, *, ifd: bool = False, **options: Any) -> BaseLossS
     Example:
         >>> ds.map(add_base_loss("google/gemma-3-270m", ifd=True), batched=True)  # doctest: +SKIP
     """
-    return BaseLossScorer(model, ifd=ifd, **options)
+    return BaseLossScorer(model, **options)

@@ -9,7 +9,7 @@ Figures are built on matplotlib's Agg canvas directly (no pyplot, no display, no
 switch), so plotting works on headless machines and never leaks figures into pyplot's registry.
 
 Example:
-    >>> from car_hf.car import rank_generators
+    >>> from car_hf.ranking import rank_generators
     >>> from car_hf.plot import plot_ranking
     >>> scored = {"generator": ["a", "a", "b", "b", "c", "c"],
     ...           "reward": [0.3, 0.3, 0.4, 0.4, 0.2, 0.2],

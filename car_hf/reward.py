@@ -67,12 +67,13 @@ class RewardScorer(ModelTransform):
     """
 
     kind = "reward"
+    revision_field = "reward_model_revision"
 
     def score(self, model: Any, tokenizer: Any, examples: list[Example | None]) -> dict[str, list[Any]]:
         rendered = [self.render(e, tokenizer) if e is not None else Rendered([], 0, False) for e in examples]
         pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
         scores = reward_scores(
-            model, rendered, pad_id=pad_id, batch_tokens=self.options["batch_tokens"], max_rows=self.options["max_rows"]
+            model, rendered, pad_id=pad_id, batch_tokens=self.config.batch_tokens, max_rows=self.config.max_rows
         )
         return {"reward": scores, "reward_truncated": [r.truncated for r in rendered]}
 

@@ -28,7 +28,8 @@ import numpy as np
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .car import _table_frame, example_car, rank_generators, transform_rewards
+from .car import example_car, transform_rewards
+from .ranking import _table_frame, rank_generators
 
 logger = logging.getLogger(__name__)
 

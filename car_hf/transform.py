@@ -21,13 +21,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import formats, models
+from ._version import __version__
+from .config import CARConfig
+from .errors import InputError
 
 # A forked worker (Dataset.map(num_proc=N)) inherits the parent's OpenMP state but not its threads:
 # torch's CPU kernels hang there unless they run single-threaded.
 _IMPORT_PID = os.getpid()
-
-DEFAULT_MAX_LENGTH = 2048
-DEFAULT_BATCH_TOKENS = 8192
 
 # (model, tokenizer) objects passed by users, by fingerprint: never pickled, found again by forks.
 _LIVE: dict[str, tuple[Any, Any]] = {}
@@ -114,64 +114,46 @@ def row_names(batch: Mapping[str, Sequence[Any]], indices: Sequence[int] | None)
 
 
 class ModelTransform:
-    """Shared plumbing of the scorers: model reference, options, map arguments, the rows as examples.
+    """Shared plumbing of the scorers: model reference, configuration, map arguments, the rows as examples.
 
     Subclasses implement :meth:`score`, which receives the loaded model and tokenizer and the batch's
     examples (``None`` where the response is empty and the policy is ``"nan"``) and returns the new
-    columns. Every input row gets a value; no row is ever dropped.
+    columns. Every input row gets a value; no row is ever dropped. Options come from a
+    :class:`~car_hf.config.CARConfig` (``config=``) updated by keyword arguments (``max_length=512``).
     """
 
     kind = "causal_lm"
+    revision_field = "base_model_revision"  # the CARConfig field holding this model's Hub revision
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        max_length: int | None = DEFAULT_MAX_LENGTH,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
-        max_rows: int | None = None,
-        dtype: Any = "auto",
-        device: Any = None,
-        revision: str | None = None,
-        trust_remote_code: bool = False,
-        plain_template: str = formats.PLAIN_TEMPLATE,
-        empty_response: formats.EmptyPolicy = "nan",
-        messages: str | None = None,
-        prompt: str | None = None,
-        response: str | None = None,
-    ):
-        if empty_response not in ("nan", "score", "raise"):
-            raise ValueError(f"empty_response must be 'nan', 'score' or 'raise', got {empty_response!r}")
+    def __init__(self, model: Any, *, config: CARConfig | None = None, **options: Any):
+        if "revision" in options:  # the friendly keyword names this transform's own model's revision
+            options[self.revision_field] = options.pop("revision")
+        self.config = CARConfig.from_kwargs(config, **options)
         if isinstance(model, ModelRef):
             self.model = model
         else:
-            self.model = ModelRef(model, kind=self.kind, revision=revision, trust_remote_code=trust_remote_code)
-        self.options = {
-            "max_length": max_length, "batch_tokens": batch_tokens, "max_rows": max_rows,
-            # str(torch.float32) is "torch.float32": keep the short name so hashes stay stable.
-            "dtype": str(dtype).removeprefix("torch."), "device": None if device is None else str(device),
-            "plain_template": plain_template, "empty_response": empty_response,
-            "messages": messages, "prompt": prompt, "response": response,
-        }
+            self.model = ModelRef(model, kind=self.kind, revision=getattr(self.config, self.revision_field),
+                                  trust_remote_code=self.config.score_trust_remote_code)
 
     def extra_options(self) -> dict[str, Any]:
-        """Subclass options that belong in the recipe (and so in the fingerprint)."""
+        """Subclass options that are not scoring configuration but belong in the recipe."""
         return {}
 
     def __reduce__(self):
-        # The recipe only: datasets hashes this, multiprocessing sends this; never the weights.
-        return (_rebuild, (type(self), self.model, self.options | self.extra_options()))
+        # The recipe only: datasets hashes this, multiprocessing sends this; never the weights. The version
+        # is in the recipe so that an upgrade that changes how values are computed misses datasets' cache.
+        return (_rebuild, (type(self), self.model, self.config, self.extra_options(), __version__))
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.extra_options().items())
-        return f"{type(self).__name__}({self.model!r}{extra}, max_length={self.options['max_length']})"
+        return f"{type(self).__name__}({self.model!r}{extra}, max_length={self.config.score_max_length})"
 
     def load(self, rank: int | None = None) -> tuple[Any, Any]:
         """The (model, tokenizer) pair, loaded once per process (on ``cuda:{rank}`` under ``with_rank``)."""
-        device = self.options["device"]
+        device: Any = self.config.score_device
         if device is None and rank is not None:
             device = rank
-        model, tokenizer = self.model.load(dtype=self.options["dtype"], device=device)
+        model, tokenizer = self.model.load(dtype=self.config.score_dtype, device=device)
         if os.getpid() != _IMPORT_PID and model.device.type == "cpu":
             torch.set_num_threads(1)
         return model, tokenizer
@@ -179,26 +161,26 @@ class ModelTransform:
     def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
         indices, rank = split_map_args(args)
         model, tokenizer = self.load(rank)
-        columns = {k: self.options[k] for k in ("messages", "prompt", "response")}
-        layout = formats.detect_layout(list(batch.keys()), **columns)
+        config = self.config
+        layout = formats.detect_layout(list(batch.keys()), messages=config.messages_column,
+                                       prompt=config.prompt_column, response=config.response_column)
         examples: list[formats.Example | None] = []
         for i, row in enumerate(row_names(batch, indices)):
             example = formats.row_example(batch, i, layout, row)
-            if formats.is_empty(example.response) and self.options["empty_response"] != "score":
-                if self.options["empty_response"] == "raise":
-                    raise formats.InputError(f"row {row}, column {layout.response!r}: the response is empty")
+            if formats.is_empty(example.response) and config.empty_response != "score":
+                if config.empty_response == "raise":
+                    raise InputError(f"row {row}, column {layout.response!r}: the response is empty")
                 example = None
             examples.append(example)
         return self.score(model, tokenizer, examples)
 
     def render(self, example: formats.Example, tokenizer: Any) -> formats.Rendered:
-        return formats.render(
-            example, tokenizer, max_length=self.options["max_length"], plain_template=self.options["plain_template"]
-        )
+        return formats.render(example, tokenizer, max_length=self.config.score_max_length,
+                              plain_template=self.config.template)
 
     def score(self, model: Any, tokenizer: Any, examples: list[formats.Example | None]) -> dict[str, list[Any]]:
         raise NotImplementedError
 
 
-def _rebuild(cls: type, model: ModelRef, options: dict[str, Any]) -> Any:
-    return cls(model, **options)
+def _rebuild(cls: type, model: ModelRef, config: CARConfig, extra: dict[str, Any], version: str) -> Any:
+    return cls(model, config=config, **extra)

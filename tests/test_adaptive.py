@@ -16,7 +16,7 @@ from car_hf.adaptive import (
     stop_decision,
     subset_cells,
 )
-from car_hf.car import bootstrap_car
+from car_hf.ranking import bootstrap_car
 
 # Rows each named scorer has scored, and after how many rows it is "killed" (module-level: the scorer's hash, which
 # a checkpoint records, must not change with them).

@@ -9,7 +9,8 @@ from datasets import Dataset
 
 import tiny
 from car_hf import InputError, add_car, add_reward, rank_generators
-from car_hf import car as car_module
+from car_hf import config as config_module
+from car_hf import scoring as scoring_module
 from car_hf import formats
 from car_hf.reward import _pooled_scores
 
@@ -25,8 +26,8 @@ def test_add_car_with_a_reward_column_computes_per_example_car(tokenizer, causal
 
 
 def test_add_car_bare_uses_the_defaults_and_an_existing_reward_column(monkeypatch, tiny_model_dir):
-    monkeypatch.setattr(car_module, "DEFAULT_BASE_MODEL", str(tiny_model_dir))
-    monkeypatch.setattr(car_module, "_DEFAULT", [])
+    monkeypatch.setattr(config_module, "DEFAULT_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(scoring_module, "_DEFAULT", [])
     ds = Dataset.from_list(tiny.sample_rows(2, 2)).map(lambda r: {"reward": r["judge_preference"]})
     bare = ds.map(add_car, batched=True)
     configured = ds.map(add_car(base_model=str(tiny_model_dir)), batched=True)

@@ -185,7 +185,7 @@ def test_transform_pickles_as_its_recipe_not_its_weights(tokenizer, causal_lm, t
         payload = pickle.dumps(transform)
         assert len(payload) < 4000  # the tiny model alone pickles to >100 kB
         clone = pickle.loads(payload)
-        assert clone.model.fingerprint == transform.model.fingerprint and clone.options == transform.options
+        assert clone.model.fingerprint == transform.model.fingerprint and clone.config == transform.config
     assert pickle.loads(pickle.dumps(by_path)).ifd is True
 
 
@@ -209,6 +209,18 @@ def test_rerunning_the_same_map_hits_the_datasets_cache(tmp_path, hf_cache, toke
     assert second["base_loss"] == first["base_loss"]
     changed = ds.map(add_base_loss(str(tiny_model_dir), max_length=64), batched=True)
     assert changed._fingerprint != first._fingerprint
+
+
+def test_car_hf_version_enters_the_transform_fingerprint(monkeypatch, tiny_model_dir):
+    from datasets.fingerprint import Hasher
+
+    from car_hf import transform as transform_module
+
+    scorer = add_base_loss(str(tiny_model_dir))
+    before = Hasher.hash(scorer)
+    assert Hasher.hash(add_base_loss(str(tiny_model_dir))) == before  # same recipe, same key
+    monkeypatch.setattr(transform_module, "__version__", "999.0")
+    assert Hasher.hash(scorer) != before  # an upgrade may compute losses differently: datasets must not reuse them
 
 
 def test_multiprocess_map_with_rank_matches_single_process(tokenizer, tiny_model_dir):

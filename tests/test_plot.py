@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import car_hf.plot
-from car_hf.car import fit_beta, rank_generators
+from car_hf.ranking import fit_beta, rank_generators
 from car_hf.plot import iso_car_levels, place_labels, plot_beta_curve, plot_ranking
 
 ZOO = Path("/work/shared/data/alpaca_eval_zoo")

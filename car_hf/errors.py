@@ -1,0 +1,38 @@
+"""Every error type car_hf raises for users to catch, in one place.
+
+All derive from a standard exception (``ValueError``, ``OSError``, ``RuntimeError``), so code written
+against those keeps working.
+
+Example:
+    >>> from car_hf.errors import InputError
+    >>> try:
+    ...     raise InputError("row 3, column 'output': the response is None")
+    ... except ValueError as error:
+    ...     print(error)
+    row 3, column 'output': the response is None
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A row of the input cannot be used; the message names the row and the column."""
+
+
+class ConfigError(ValueError):
+    """An option, or a combination of options, is invalid; raised before any model loads."""
+
+
+class ModelLoadError(OSError):
+    """A model cannot be loaded (no such Hub id or folder, or no network); the message says what to do."""
+
+
+class PublishError(RuntimeError):
+    """An upload to the Hub failed; the message names the step and where the local files are."""
+
+
+class HubAuthError(PublishError):
+    """The Hub rejected the token (HTTP 401) or refused the write (HTTP 403)."""
+
+
+__all__ = ["ConfigError", "HubAuthError", "InputError", "ModelLoadError", "PublishError"]

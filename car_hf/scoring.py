@@ -1,0 +1,147 @@
+"""``add_car``: the ``Dataset.map`` transform adding reward, base-loss and per-example CAR columns.
+
+Example:
+    >>> from car_hf import add_car
+    >>> scorer = add_car(base_model="google/gemma-3-270m", reward_column="judge_preference", beta=0.5)
+    >>> scorer.config.beta, scorer.config.reward_column
+    (0.5, 'judge_preference')
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from ._version import __version__
+from .car import check_rewards, example_car, transform_rewards
+from .config import POINTWISE_TRANSFORMS, CARConfig
+from .errors import ConfigError
+
+
+class CARScorer:
+    """``Dataset.map(..., batched=True)`` transform adding reward, base-loss and per-example CAR columns.
+
+    Built by :func:`add_car`. Pickles as its recipe (the two scorers' recipes and the configuration).
+    """
+
+    def __init__(self, base_model: Any = None, *, reward_model: Any = None, config: CARConfig | None = None,
+                 **options: Any):
+        from .loss import BaseLossScorer
+        from .reward import RewardScorer
+
+        # Model specs given as strings are configuration; objects (loaded pairs, references) are passed through.
+        for name, value in (("base_model", base_model), ("reward_model", reward_model)):
+            if isinstance(value, (str, os.PathLike)):
+                options[name] = str(value)
+        self.config = CARConfig.from_kwargs(config, **options)
+        if self.config.reward_transform not in POINTWISE_TRANSFORMS:
+            raise ConfigError(
+                f"add_car computes CAR row by row, so reward_transform must be one of {POINTWISE_TRANSFORMS}; pool "
+                f"transforms ({self.config.reward_transform!r}) need every row: use rank_generators(..., "
+                f"reward_transform={self.config.reward_transform!r}) or CARFilter(...).fit(dataset)"
+            )
+        if reward_model is not None and self.config.reward_column is not None:
+            raise ConfigError("set reward_model or reward_column, not both")
+        base = base_model if base_model is not None and not isinstance(base_model, (str, os.PathLike)) \
+            else self.config.resolved_base_model
+        self.loss = BaseLossScorer(base, config=self.config)
+        reward = reward_model if reward_model is not None and not isinstance(reward_model, (str, os.PathLike)) \
+            else self.config.reward_model
+        self.reward = RewardScorer(reward, config=self.config) if reward is not None else None
+
+    @property
+    def beta(self) -> float:
+        return self.config.beta
+
+    def __reduce__(self):
+        reward = self.reward.model if self.reward is not None else None
+        return (_rebuild_car, (self.loss.model, reward, self.config, __version__))
+
+    def __repr__(self) -> str:
+        source = self.reward.model if self.reward is not None else repr(self.config.reward_column or "reward")
+        return f"CARScorer(base={self.loss.model!r}, reward={source}, beta={self.config.beta})"
+
+    def scoring_config(self) -> dict[str, Any]:
+        """What a card or a leaderboard must record about how the columns were made: :meth:`CARConfig.record`
+        with the models as they were actually loaded."""
+        base = self.loss.model.describe()
+        record = self.config.record() | {"base_model": base.get("id"), "base_model_revision": base.get("revision")}
+        if self.reward is not None:
+            described = self.reward.model.describe()
+            record |= {"reward_model": described.get("id"), "reward_model_revision": described.get("revision")}
+        else:
+            record |= {"reward_model": None, "reward_column": self.config.reward_column or "reward"}
+        return record
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
+        from .transform import row_names, split_map_args
+
+        out = self.loss(batch, *args)
+        names = row_names(batch, split_map_args(args)[0])
+        if self.reward is None and self.config.reward_column is None and "reward" not in batch:
+            # Bare use without a reward column: score with the default reward model.
+            from .reward import DEFAULT_REWARD_MODEL, RewardScorer
+
+            self.reward = RewardScorer(DEFAULT_REWARD_MODEL, config=self.config)
+        if self.reward is not None:
+            out |= self.reward(batch, *args)
+            column = "reward"
+        else:
+            column = self.config.reward_column or "reward"
+            if column not in batch:
+                raise KeyError(f"reward column {column!r} is missing; the dataset has columns {list(batch.keys())}")
+            out["reward"] = check_rewards(batch[column], names, column)
+        rewards, _ = transform_rewards(out["reward"], self.config.reward_transform, names=names, column=column)
+        out["car"] = example_car(rewards, out["base_loss"], self.config.beta).tolist()
+        return out
+
+
+def _rebuild_car(loss: Any, reward: Any, config: CARConfig, version: str) -> CARScorer:
+    return CARScorer(loss, reward_model=reward, config=config)
+
+
+def add_car(batch: Any = None, /, *args: Any, **kwargs: Any) -> Any:
+    """CAR as a ``Dataset.map(fn, batched=True)`` transform: reward, base loss and per-example CAR.
+
+    Two ways to use it:
+
+    * configured: ``ds.map(add_car(base_model=..., reward_column="judge_preference", beta=1.0), batched=True)``
+      or ``add_car(config=CARConfig(...))``;
+    * bare: ``ds.map(add_car, batched=True)`` with the documented defaults — base model
+      :data:`~car_hf.config.DEFAULT_BASE_MODEL` (google/gemma-3-270m), rewards from an existing ``reward``
+      column, else from :data:`car_hf.reward.DEFAULT_REWARD_MODEL`, beta 1.0.
+
+    Keyword args (the fields of :class:`~car_hf.CARConfig`, with the friendly names ``max_length``,
+    ``dtype``, ``device``, ``trust_remote_code``, ``messages``, ``prompt``, ``response``):
+        base_model: the student base model (Hub id, folder, ``.gguf`` file, or ``(model, tokenizer)``).
+        reward_model: a reward model to score responses with (see :func:`car_hf.add_reward`), or
+        reward_column: a column of existing scores (an LLM judge's, ArmoRM's ...) copied to ``reward``.
+        beta: CAR's loss weight (>= 0; the paper publishes none: 1.0 is car_hf's convention).
+        reward_transform: ``"raise"`` (default: error on a negative reward) or ``"sigmoid"``.
+        ifd: also add IFD columns (see :func:`car_hf.add_base_loss`).
+        config: a :class:`~car_hf.CARConfig`; keywords override its fields.
+
+    Adds ``reward``, ``base_loss``, ``base_loss_tokens``, ``base_loss_truncated``, ``car`` (and
+    ``reward_truncated`` when a reward model scores). Missing rewards (None/NaN) give NaN CAR.
+
+    Example:
+        >>> scored = ds.map(add_car(base_model="google/gemma-3-270m", reward_column="judge_preference"),
+        ...                 batched=True, with_indices=True)  # doctest: +SKIP
+    """
+    if batch is not None:
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                "add_car takes keyword arguments (add_car(base_model=..., beta=...)) or is passed bare "
+                "to Dataset.map(add_car, batched=True)"
+            )
+        return _default_scorer()(batch, *args)
+    return CARScorer(**kwargs)
+
+
+_DEFAULT: list[CARScorer] = []
+
+
+def _default_scorer() -> CARScorer:
+    if not _DEFAULT:
+        _DEFAULT.append(CARScorer())
+    return _DEFAULT[0]
