@@ -7,7 +7,7 @@ Two phases:
    parquet chunks under ``~/.cache/car_hf/bench/`` (keyed by model and settings; never in the repository). Slow
    (tens of minutes on 2 CPU cores): run it in the background.
 2. ``replay``: many seeded shuffles of the instructions; each replays ``rank_adaptive``'s stopping rule
-   (:func:`car_hf.adaptive.stop_decision`, the very function the API calls) round by round on the cached values,
+   (:func:`car_hf.stopping.stop_decision`, the very function the API calls) round by round on the cached values,
    with no model, and compares the stopped ranking with the exhaustive one. Writes ``bench/ADAPTIVE.md``.
 
     python bench/adaptive_replay.py score --instructions 200      # background: nohup ... &
@@ -37,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from car_hf import adaptive
+from car_hf import adaptive, stopping
 from car_hf.ranking import Cells
 
 ZOO = Path(os.environ.get("CAR_HF_SHARED_DATA") or ROOT.parent / "shared" / "data") / "alpaca_eval_zoo" / "zoo.jsonl.gz"
@@ -121,10 +121,10 @@ class Rule:
     target: str = "top1"
     confidence: float = 0.95
     correction: str = "bonferroni"
-    min_instructions: int = adaptive.DEFAULT_MIN_INSTRUCTIONS
-    round_size: int = adaptive.DEFAULT_ROUND_SIZE
-    round_growth: float = adaptive.DEFAULT_ROUND_GROWTH
-    n_bootstrap: int = adaptive.DEFAULT_N_BOOTSTRAP
+    min_instructions: int = stopping.DEFAULT_MIN_INSTRUCTIONS
+    round_size: int = stopping.DEFAULT_ROUND_SIZE
+    round_growth: float = stopping.DEFAULT_ROUND_GROWTH
+    n_bootstrap: int = stopping.DEFAULT_N_BOOTSTRAP
 
 
 def replay_once(full: Cells, rows: np.ndarray, beta: float, rule: Rule, seed: int) -> tuple[int, int, list, str]:
@@ -134,12 +134,12 @@ def replay_once(full: Cells, rows: np.ndarray, beta: float, rule: Rule, seed: in
     on the same cells in the same column order (dataset order) with the same bootstrap seed. Returns the
     instructions and rows scored, the order at the stop and why it stopped.
     """
-    order = adaptive.instruction_order(full.count.shape[1], seed)
-    looks = adaptive.plan_rounds(rows[order], min_instructions=rule.min_instructions, round_size=rule.round_size,
+    order = stopping.instruction_order(full.count.shape[1], seed)
+    looks = stopping.plan_rounds(rows[order], min_instructions=rule.min_instructions, round_size=rule.round_size,
                                  round_growth=rule.round_growth)
     for look in looks:
-        cells = adaptive.subset_cells(full, np.sort(order[:look]))
-        decision = adaptive.stop_decision(
+        cells = stopping.subset_cells(full, np.sort(order[:look]))
+        decision = stopping.stop_decision(
             cells, beta=beta, target=rule.target, confidence=rule.confidence, correction=rule.correction,
             min_instructions=rule.min_instructions, n_bootstrap=rule.n_bootstrap, seed=seed)
         if decision.stop:
@@ -156,9 +156,9 @@ def replay(frame: pd.DataFrame, beta: float, rule: Rule, seeds: range) -> dict:
     from scipy.stats import kendalltau
 
     frame = frame.sort_values(["instruction_id", "generator"], kind="stable")
-    full = adaptive.instruction_cells(frame, instruction_column="instruction_id")
+    full = stopping.instruction_cells(frame, instruction_column="instruction_id")
     rows = rows_per_instruction(frame)
-    car = adaptive.point_car(full, beta)
+    car = stopping.point_car(full, beta)
     truth = [full.groups[i] for i in np.argsort(-car, kind="stable")]
     fractions, top1, exact, taus, confident, wrong = [], [], [], [], [], []
     for seed in seeds:
@@ -186,7 +186,7 @@ def check_api(frame: pd.DataFrame, beta: float, rule: Rule, seeds: Sequence[int]
 
     frame = frame.sort_values(["instruction_id", "generator"], kind="stable").reset_index(drop=True)
     ds = Dataset.from_pandas(frame.rename(columns={"reward": "cached_reward", "base_loss": "cached_loss"}))
-    full = adaptive.instruction_cells(frame, instruction_column="instruction_id")
+    full = stopping.instruction_cells(frame, instruction_column="instruction_id")
     rows = rows_per_instruction(frame)
     lines = []
     for seed in seeds:
@@ -265,8 +265,8 @@ def run_replays(args: argparse.Namespace) -> None:
              f"{Rule().round_growth:g} x scored) instructions, Bonferroni correction."), ""]
     for case in args.cases:
         truth = next(r["truth"] for r in main_rows if r["case"] == case)
-        cells = adaptive.instruction_cells(cases[case].sort_values(["instruction_id", "generator"]))
-        car = dict(zip(cells.groups, adaptive.point_car(cells, beta)))
+        cells = stopping.instruction_cells(cases[case].sort_values(["instruction_id", "generator"]))
+        car = dict(zip(cells.groups, stopping.point_car(cells, beta)))
         text.append(f"Exhaustive order, {case}: " + ", ".join(f"{g} ({car[g]:.4f})" for g in truth) + ".")
         text.append("")
     text += [markdown(main_rows), ""]

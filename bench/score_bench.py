@@ -165,7 +165,7 @@ def run_worker(spec: dict) -> dict:
     import datasets
     import transformers
 
-    from car_hf import add_base_loss, add_reward, formats, models
+    from car_hf import add_base_loss, add_reward, formats, gguf, models
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -179,8 +179,7 @@ def run_worker(spec: dict) -> dict:
     if approach.startswith("reward"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        package = models.OFFLINE_PACKAGES[REWARD_BACKBONE]
-        folder = models._converted_folder_for_package(REWARD_BACKBONE, package, "benchmark", None)
+        folder = gguf.converted_package_folder(gguf.OFFLINE_PACKAGES[REWARD_BACKBONE])
         torch.manual_seed(0)  # the untrained head: same weights in every process
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))

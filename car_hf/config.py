@@ -172,5 +172,11 @@ class CARConfig:
         }
 
     def cache_key(self) -> dict[str, Any]:
-        """The fields that change a scored value, as JSON-able data (for :mod:`car_hf.cache`)."""
-        return json.loads(json.dumps(self.to_dict(), default=str))
+        """The fields that change a scored value, as JSON-able data (for :mod:`car_hf.cache`).
+
+        The device counts by its type only: ``cuda:0`` and ``cuda:1`` compute the same values, so the
+        processes of a multi-GPU job share one cache.
+        """
+        key = json.loads(json.dumps(self.to_dict(), default=str))
+        key["score_device"] = None if self.score_device is None else self.score_device.split(":")[0]
+        return key

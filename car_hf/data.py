@@ -1,8 +1,18 @@
-"""Reading input data for the CLI and the recipes: files, saved datasets, Hub ids; sampling; writing.
+"""Loading and saving data for the CLI and the recipes: files, saved datasets, Hub ids; sampling; the ranking folder.
 
 Example:
-    >>> from car_hf.data import load_data
-    >>> ds = load_data("zoo.jsonl.gz", generators=["gemma-2b-it", "alpaca-7b"], max_instructions=25)  # doctest: +SKIP
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> from car_hf.data import load_data, save_data, read_config
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> rows = [{"instruction_id": i, "generator": g, "output": f"{g} says {i}"} for i in range(3) for g in "abc"]
+    >>> _ = (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
+    >>> ds = load_data(str(folder / "rows.jsonl"), generators=["a", "c"], max_instructions=2)
+    >>> [(row["instruction_id"], row["generator"]) for row in ds]  # the same 2 instructions for each generator
+    [(0, 'a'), (0, 'c'), (1, 'a'), (1, 'c')]
+    >>> path = save_data(ds, str(folder / "kept.parquet"), {"beta": 1.0})
+    >>> read_config(str(path))
+    {'beta': 1.0}
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import datasets
+import pandas as pd
+from datasets.exceptions import DatasetNotFoundError
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -19,6 +31,23 @@ FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv
 def _builder(path: Path) -> str | None:
     suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
     return FILE_BUILDERS.get(suffixes[-1]) if suffixes else None
+
+
+def _load_hub_dataset(source: str, split: str) -> datasets.Dataset:
+    """``source`` as a Hub dataset id; unreachable or unknown → FileNotFoundError saying what to do."""
+    path = Path(source)
+    if path.is_absolute() or source.startswith(".") or source.count("/") > 1 or _builder(path) is not None:
+        raise FileNotFoundError(f"no such file or folder: {source!r}")  # a path, not a Hub id: don't ask the Hub
+    try:
+        return datasets.load_dataset(source, split=split)
+    except (ConnectionError, DatasetNotFoundError) as error:  # offline, no network, or no such dataset
+        why = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if datasets.config.HF_HUB_OFFLINE \
+            else f"{type(error).__name__}: {error}"
+        raise FileNotFoundError(
+            f"{source!r} is not a local file or folder, and the Hub dataset {source!r} could not be read ({why}). "
+            "Pass a local .jsonl/.parquet/.csv file or save_to_disk folder, or check the id and allow Hub access "
+            "(unset HF_HUB_OFFLINE and HF_DATASETS_OFFLINE)"
+        ) from error
 
 
 def load_data(
@@ -49,7 +78,7 @@ def load_data(
             raise ValueError(f"cannot tell the format of {source!r}: use .json, .jsonl(.gz), .parquet or .csv")
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     else:
-        ds = datasets.load_dataset(source, split=split)
+        ds = _load_hub_dataset(source, split)
     if generators:
         if by not in ds.column_names:
             raise KeyError(f"column {by!r} is missing; the dataset has columns {ds.column_names}")
@@ -62,7 +91,8 @@ def load_data(
     if max_instructions is not None:
         column = instruction_column if instruction_column in ds.column_names else "instruction"
         if column not in ds.column_names:
-            raise KeyError(f"max_instructions needs column {instruction_column!r} or 'instruction'; columns: {ds.column_names}")
+            raise KeyError(f"max_instructions needs column {instruction_column!r} or 'instruction'; "
+                           f"columns: {ds.column_names}")
         keep = set(list(dict.fromkeys(ds[column]))[:max_instructions])
         ds = ds.filter(lambda values: [v in keep for v in values], input_columns=column, batched=True)
     return ds
@@ -123,3 +153,61 @@ def map_scores(
         RowNumbers(transform, rows) if rows is not None else transform, batched=True, batch_size=batch_size,
         with_indices=True, with_rank=bool(num_proc and num_proc > 1), num_proc=num_proc, desc=desc or "Scoring",
     )
+
+
+def ranking_markdown(table: pd.DataFrame) -> str:
+    """The leaderboard as ``car-hf`` prints it and leaderboard.md holds it: the table, then how CAR was computed."""
+    from .hub import leaderboard_markdown
+
+    car = table.attrs.get("car", {})
+    notes = ", ".join(f"{k}={car[k]}" for k in ("beta", "reward_transform", "reward_column", "reward_model",
+                                                 "base_model", "confidence") if car.get(k) is not None)
+    return f"{leaderboard_markdown(table)}\n\nCAR = reward / (1 + beta * base_loss); {notes}"
+
+
+def write_ranking(out: str | Path, table: pd.DataFrame, scored: datasets.Dataset, *,
+                  examples: datasets.Dataset | None = None) -> list[Path]:
+    """The ranking folder ``car-hf push`` reads: leaderboard.md/.csv, car_config.json, [ranking.png], scored/.
+
+    ``examples`` (the scored rows) adds the iso-CAR picture ``ranking.png``.
+
+    Example:
+        >>> import tempfile
+        >>> from car_hf.ranking import rank_generators
+        >>> scored = datasets.Dataset.from_dict({"generator": ["a", "a", "b", "b"], "reward": [.8, .6, .9, .7],
+        ...                                      "base_loss": [1.0, 1.2, 3.0, 2.6]})
+        >>> folder = Path(tempfile.mkdtemp()) / "ranking"
+        >>> [p.name for p in write_ranking(folder, rank_generators(scored, n_bootstrap=0), scored)]
+        ['leaderboard.md', 'leaderboard.csv', 'car_config.json', 'scored']
+        >>> ds, table, plot = read_ranking(folder)
+        >>> len(ds), table[["generator", "rank"]].values.tolist(), table.attrs["car"]["beta"], plot
+        (4, [['a', 1], ['b', 2]], 1.0, None)
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "leaderboard.md", out / "leaderboard.csv", out / "car_config.json"]
+    written[0].write_text(ranking_markdown(table) + "\n")
+    table.to_csv(written[1], index=False)
+    written[2].write_text(json.dumps(table.attrs.get("car", {}), indent=2, default=str) + "\n")
+    if examples is not None:
+        from .plot import plot_ranking
+
+        plot_ranking(table, examples, path=out / "ranking.png")
+        written.append(out / "ranking.png")
+    written.append(save_data(scored, str(out / "scored")))
+    return written
+
+
+def read_ranking(folder: str | Path) -> tuple[datasets.Dataset, pd.DataFrame, Path | None]:
+    """Read back what :func:`write_ranking` wrote: (scored dataset, leaderboard with attrs, plot path or None)."""
+    folder = Path(folder)
+    for name in ("scored", "leaderboard.csv"):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder / name} is missing: push expects a folder written by "
+                                    "`car-hf rank --output-dir` or `car-hf demo`")
+    # Int64: the rank of a generator with no scored row is empty in the CSV; the others stay integers.
+    table = pd.read_csv(folder / "leaderboard.csv", dtype={"rank": "Int64"})
+    config_file = folder / "car_config.json"
+    table.attrs["car"] = json.loads(config_file.read_text()) if config_file.exists() else {}
+    plot = folder / "ranking.png"
+    return load_data(str(folder / "scored")), table, plot if plot.exists() else None

@@ -7,12 +7,20 @@ Where the local zoo file is absent, the public AlpacaEval outputs and GPT-4 anno
 Hub dataset ``tatsu-lab/alpaca_eval`` (AlpacaEval 1: GPT-4 judge against text-davinci-003).
 
 Example:
-    >>> from car_hf.demo import run_demo
-    >>> result = run_demo("car_demo")  # doctest: +SKIP
+    >>> from car_hf.demo import run_demo, zoo_from_alpaca_eval
+    >>> outputs = [{"instruction": "Say hi.", "output": "Hi!", "generator": "g1"},
+    ...            {"instruction": "Say hi.", "output": "Hello.", "generator": "g2"}]
+    >>> judged = [{"instruction": "Say hi.", "generator_2": "g1", "output_2": "Hi!", "preference": 1.75}]
+    >>> [(row["generator"], row["judge_preference"]) for row in zoo_from_alpaca_eval(outputs, judged)]
+    [('g1', 0.75), ('g2', None)]
+    >>> import tempfile
+    >>> result = run_demo(tempfile.mkdtemp())  # doctest: +SKIP
+    >>> result.table[["generator", "car", "p_best"]]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,7 +28,13 @@ from typing import Any, Sequence
 
 import datasets
 
+from .adaptive import AdaptiveResult, rank_adaptive
+from .config import CARConfig
+from .data import write_ranking
+from .scoring import CARScorer
+
 ZOO_FILE = Path("alpaca_eval_zoo") / "zoo.jsonl.gz"
+DEMO_MAX_LENGTH = 512  # token cap per example: AlpacaEval answers are short; keeps the demo under 10 minutes on CPU
 HUB_REPO = "tatsu-lab/alpaca_eval"
 HUB_OUTPUTS = "alpaca_eval_all_outputs.json"
 HUB_ANNOTATIONS = "alpaca_eval_annotations_alpaca_eval_gpt4.json"
@@ -77,7 +91,9 @@ def load_zoo(path: str | os.PathLike | None = None) -> datasets.Dataset:
     return datasets.Dataset.from_list(zoo_from_alpaca_eval(outputs, annotations))
 
 
-def reference_generators(ds: datasets.Dataset, by: str = "generator", reward_column: str = "judge_preference") -> list[str]:
+def reference_generators(
+    ds: datasets.Dataset, by: str = "generator", reward_column: str = "judge_preference"
+) -> list[str]:
     """Generators whose reward never varies: the judge's reference, not a generator to rank."""
     frame = ds.select_columns([by, reward_column]).to_pandas()
     spread = frame.groupby(by)[reward_column].agg(["min", "max", "count"])
@@ -88,37 +104,36 @@ def run_demo(
     output_dir: str | os.PathLike = "car_demo",
     *,
     base_model: Any = None,
+    config: CARConfig | None = None,
     zoo: str | os.PathLike | None = None,
-    beta: float = 1.0,
-    max_length: int = 512,
     max_examples: int = 250,
     confidence: float = 0.95,
     seed: int = 0,
     include_reference: bool = False,
-) -> Any:
+    **options: Any,
+) -> AdaptiveResult:
     """Rank the zoo's generators for ``base_model`` adaptively and write the ranking folder.
 
-    Scores whole instructions in a seeded random order until the leader is decided at ``confidence``
-    or ``max_examples`` rows are scored (see :func:`car_hf.adaptive.rank_adaptive`); a killed run
+    The scoring options are ``config`` (default: ``CARConfig(score_max_length=DEMO_MAX_LENGTH)``) updated by
+    ``options`` (its fields or :func:`~car_hf.add_car`'s keywords: ``beta=``, ``max_length=`` ...); the reward is
+    the judge's preference unless a reward model or column is set. ``base_model`` may also be a loaded
+    ``(model, tokenizer)`` pair. Scores whole instructions in a seeded random order until the leader is decided at
+    ``confidence`` or ``max_examples`` rows are scored (see :func:`car_hf.adaptive.rank_adaptive`); a killed run
     resumes from ``<output_dir>/checkpoint``. Writes ``leaderboard.md``, ``leaderboard.csv``,
     ``car_config.json``, ``ranking.png`` and ``scored/`` — the folder ``car-hf push`` publishes.
-    Returns the :class:`~car_hf.adaptive.AdaptiveResult`.
     """
-    from .adaptive import rank_adaptive
-    from .config import DEFAULT_BASE_MODEL
-    from .scoring import CARScorer
-    from .cli import write_ranking
-
+    config = CARConfig.from_kwargs(config or CARConfig(score_max_length=DEMO_MAX_LENGTH), **options)
+    if config.reward_model is None and config.reward_column is None:
+        config = dataclasses.replace(config, reward_column="judge_preference")
     ds = load_zoo(zoo)
     excluded = [] if include_reference else reference_generators(ds)
     if excluded:
         keep = set(ds.unique("generator")) - set(excluded)
         ds = ds.filter(lambda values: [v in keep for v in values], input_columns="generator", batched=True)
-    scorer = CARScorer(base_model or DEFAULT_BASE_MODEL, reward_column="judge_preference", beta=beta,
-                       max_length=max_length)
+    scorer = CARScorer(base_model, config=config)
     out = Path(output_dir)
-    result = rank_adaptive(ds, scorer, confidence=confidence, max_examples=max_examples, seed=seed,
-                           checkpoint=out / "checkpoint",
+    result = rank_adaptive(ds, scorer, beta=config.beta, reward_transform=config.reward_transform,
+                           confidence=confidence, max_examples=max_examples, seed=seed, checkpoint=out / "checkpoint",
                            config=scorer.scoring_config() | {"excluded_reference_generators": excluded})
     write_ranking(out, result.table, result.scored, examples=result.scored)
     return result

@@ -35,4 +35,15 @@ class HubAuthError(PublishError):
     """The Hub rejected the token (HTTP 401) or refused the write (HTTP 403)."""
 
 
-__all__ = ["ConfigError", "HubAuthError", "InputError", "ModelLoadError", "PublishError"]
+class GenerationError(RuntimeError):
+    """Responses could not be generated (an endpoint kept failing); the message names the rows and the cause.
+
+    ``partial`` maps the positions (in the failed call) of the responses generated before the failure to them.
+    """
+
+    def __init__(self, message: str, partial: dict[int, object] | None = None):
+        super().__init__(message)
+        self.partial = partial or {}
+
+
+__all__ = ["ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError", "PublishError"]

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -167,13 +168,17 @@ def rank_generators(
     if excluded:
         logger.warning("%d row(s) without a finite %s or %s are left out of the means (see n_scored)",
                        excluded, reward_column, loss_column)
-    table["rank"] = pd.Series(-car).rank(method="min").astype("Int64").to_numpy()
+    # Int64 keeps ranks integers next to the <NA> of a generator with no scored row (a numpy array would be float).
+    table["rank"] = pd.Series(-car).rank(method="min").astype("Int64").array
     if n_bootstrap:
         boot_car, boot_reward, boot_loss = bootstrap_car(cells, beta, n_bootstrap, seed)
         tail = 100 * (1 - confidence) / 2
-        for name, values in (("car", boot_car), ("reward", boot_reward), ("base_loss", boot_loss)):
-            table[f"{name}_low"] = np.nanpercentile(values, tail, axis=0)
-            table[f"{name}_high"] = np.nanpercentile(values, 100 - tail, axis=0)
+        # A generator with no scored row has all-NaN resamples: its NaN bounds are expected (n_scored 0 says why).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+            for name, values in (("car", boot_car), ("reward", boot_reward), ("base_loss", boot_loss)):
+                table[f"{name}_low"] = np.nanpercentile(values, tail, axis=0)
+                table[f"{name}_high"] = np.nanpercentile(values, 100 - tail, axis=0)
         filled = np.where(np.isnan(boot_car), -np.inf, boot_car)
         table["p_best"] = np.bincount(filled.argmax(axis=1), minlength=len(cells.groups)) / n_bootstrap
         ranks = (-filled).argsort(axis=1).argsort(axis=1) + 1

@@ -22,10 +22,12 @@ class CARScorer:
     """``Dataset.map(..., batched=True)`` transform adding reward, base-loss and per-example CAR columns.
 
     Built by :func:`add_car`. Pickles as its recipe (the two scorers' recipes and the configuration).
+    ``per_row_car=False`` leaves the ``car`` column out: jobs whose ranking or selection applies a pool
+    reward transform (minmax, shift: it needs every row) score rewards and losses only.
     """
 
     def __init__(self, base_model: Any = None, *, reward_model: Any = None, config: CARConfig | None = None,
-                 **options: Any):
+                 per_row_car: bool = True, **options: Any):
         from .loss import BaseLossScorer
         from .reward import RewardScorer
 
@@ -34,7 +36,8 @@ class CARScorer:
             if isinstance(value, (str, os.PathLike)):
                 options[name] = str(value)
         self.config = CARConfig.from_kwargs(config, **options)
-        if self.config.reward_transform not in POINTWISE_TRANSFORMS:
+        self.per_row_car = per_row_car
+        if per_row_car and self.config.reward_transform not in POINTWISE_TRANSFORMS:
             raise ConfigError(
                 f"add_car computes CAR row by row, so reward_transform must be one of {POINTWISE_TRANSFORMS}; pool "
                 f"transforms ({self.config.reward_transform!r}) need every row: use rank_generators(..., "
@@ -55,11 +58,17 @@ class CARScorer:
 
     def __reduce__(self):
         reward = self.reward.model if self.reward is not None else None
-        return (_rebuild_car, (self.loss.model, reward, self.config, __version__))
+        return (_rebuild_car, (self.loss.model, reward, self.config, self.per_row_car, __version__))
 
     def __repr__(self) -> str:
         source = self.reward.model if self.reward is not None else repr(self.config.reward_column or "reward")
         return f"CARScorer(base={self.loss.model!r}, reward={source}, beta={self.config.beta})"
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What the scores depend on, for :func:`car_hf.cache.scoring_key`: model fingerprints and the config."""
+        return {"transform": "CARScorer", "base_model": self.loss.model.fingerprint,
+                "reward_model": self.reward.model.fingerprint if self.reward is not None else None,
+                "config": self.config.cache_key(), "per_row_car": self.per_row_car, **self.loss.extra_options()}
 
     def scoring_config(self) -> dict[str, Any]:
         """What a card or a leaderboard must record about how the columns were made: :meth:`CARConfig.record`
@@ -91,13 +100,21 @@ class CARScorer:
             if column not in batch:
                 raise KeyError(f"reward column {column!r} is missing; the dataset has columns {list(batch.keys())}")
             out["reward"] = check_rewards(batch[column], names, column)
+        if not self.per_row_car:
+            return out
         rewards, _ = transform_rewards(out["reward"], self.config.reward_transform, names=names, column=column)
         out["car"] = example_car(rewards, out["base_loss"], self.config.beta).tolist()
         return out
 
 
-def _rebuild_car(loss: Any, reward: Any, config: CARConfig, version: str) -> CARScorer:
-    return CARScorer(loss, reward_model=reward, config=config)
+def _rebuild_car(loss: Any, reward: Any, config: CARConfig, per_row_car: bool, version: str) -> CARScorer:
+    return CARScorer(loss, reward_model=reward, config=config, per_row_car=per_row_car)
+
+
+def scorer_for_ranking(config: CARConfig) -> CARScorer:
+    """The scorer of a job that ranks or selects afterwards: with a pool reward transform (minmax, shift), which
+    needs every row, it scores rewards and losses only, and the ranking or selection applies the transform."""
+    return CARScorer(config=config, per_row_car=config.reward_transform in POINTWISE_TRANSFORMS)
 
 
 def add_car(batch: Any = None, /, *args: Any, **kwargs: Any) -> Any:

@@ -1,10 +1,15 @@
-"""Data selection by CAR: ``CARFilter`` (threshold, top fraction, top-k, best-of-N) and ``select_generator``.
+"""Data selection by CAR: :func:`select` (every mode), ``CARFilter`` (per-example CAR) and ``select_generator``.
 
-A global cutoff needs the whole column, so selection is two explicit steps: ``fit`` reads the scored
-columns once (cheap: two float columns), then the filter is applied, by ``Dataset.filter`` or by
-:meth:`CARFilter.apply`. The filter is also a ``transformers.TrainerCallback``: passed to a
-Trainer, it logs what was selected at train start and records it in ``trainer_state.json`` and the
-model card.
+:func:`select` is the one entry point: ``"generator"`` keeps the rows of the generator with the best
+dataset-level CAR (the paper's use); ``"top_fraction"``, ``"top_k"``, ``"threshold"`` and
+``"best_of_n"`` keep rows by per-example CAR through :class:`CARFilter`; ``"none"`` keeps every row.
+Every mode returns the rows, a summary dict, and a Trainer callback recording that summary in
+``trainer_state.json`` (see :mod:`car_hf.callbacks`); model cards render the summary
+(:func:`car_hf.cards.selection_section`).
+
+A global cutoff needs the whole column, so per-example selection is two explicit steps: ``fit``
+reads the scored columns once (cheap: two float columns), then the filter is applied, by
+``Dataset.filter`` or by :meth:`CARFilter.apply`.
 
 Example:
     >>> from datasets import Dataset
@@ -15,28 +20,42 @@ Example:
     ['a', 'b']
     >>> list(CARFilter(top_k=1, beta=1.0).apply(ds)["reward"])
     [0.9]
+    >>> chosen = select(ds, "generator", n_bootstrap=0)
+    >>> chosen.summary["generator"], chosen.summary["rows_kept"], list(chosen.leaderboard["generator"])
+    ('a', 2, ['a', 'b'])
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
+import pandas as pd
 
+from .callbacks import SelectionCallback, describe
 from .car import example_car, transform_rewards
+from .cards import leaderboard_markdown
+from .config import REWARD_TRANSFORMS
+from .errors import ConfigError
 from .ranking import _table_frame, rank_generators
 
 logger = logging.getLogger(__name__)
 
-CARD_HEADING = "## CAR data selection"
+SELECT_MODES = ("none", "generator", "top_fraction", "top_k", "threshold", "best_of_n")
+# What the value of a mode that takes one must be.
+MODE_VALUES = {
+    "top_fraction": "a fraction in (0, 1]",
+    "top_k": "an integer >= 1 (the number of rows kept)",
+    "threshold": "a finite CAR cutoff",
+}
 
 
-class CARFilter(TrainerCallback, ExportableState):
+class CARFilter(SelectionCallback):
     """Keep the rows of a scored dataset with the best per-example CAR.
 
     Args:
@@ -55,6 +74,9 @@ class CARFilter(TrainerCallback, ExportableState):
     is deterministic. With ``Dataset.filter``, pass ``with_indices=True`` to select exactly the
     fitted rows; without indices, the fitted cutoff is applied to each row's CAR (ties at the
     cutoff are then all kept, and ``group_by`` is unavailable).
+
+    It is also a Trainer callback (:class:`~car_hf.callbacks.SelectionCallback`): passed to a Trainer
+    once fitted, it logs its summary at train start and records it in ``trainer_state.json``.
     """
 
     def __init__(
@@ -88,7 +110,14 @@ class CARFilter(TrainerCallback, ExportableState):
         self.kept_: np.ndarray | None = None
         self.cutoff_: float | None = threshold
         self.transform_record_: dict[str, Any] | None = None
-        self.summary_: dict[str, Any] | None = None
+        super().__init__()
+
+    @property
+    def mode(self) -> str:
+        """The :data:`SELECT_MODES` name of this filter (a global cutoff names it when best-of-N has one too)."""
+        if self.threshold is not None:
+            return "threshold"
+        return "top_fraction" if self.top_fraction is not None else "top_k" if self.top_k is not None else "best_of_n"
 
     def _car(self, rewards: Sequence[float], losses: Sequence[float], names: Sequence[Any] | None = None) -> np.ndarray:
         record = self.transform_record_ or {}
@@ -102,7 +131,7 @@ class CARFilter(TrainerCallback, ExportableState):
             values, _ = transform_rewards(raw, self.reward_transform, names=names, column=self.reward_column)
         return example_car(values, losses, self.beta)
 
-    def fit(self, dataset: Any) -> "CARFilter":
+    def fit(self, dataset: Any) -> CARFilter:
         """Read the scored columns of ``dataset`` and decide which rows to keep.
 
         Raises:
@@ -144,18 +173,12 @@ class CARFilter(TrainerCallback, ExportableState):
             values, counts = np.unique(frame[self.by].to_numpy()[self.kept_].astype(str), return_counts=True)
             mix = {str(v): int(c) for v, c in zip(values, counts)}
         self.summary_ = {
-            "rows_kept": int(self.kept_.size), "rows_total": int(len(car)), "rows_without_car": int((~finite).sum()),
-            "beta": self.beta, **self.transform_record_, "cutoff": self.cutoff_, "threshold": self.threshold,
-            "top_fraction": self.top_fraction, "top_k": self.top_k, "group_by": self.group_by,
-            "generator_mix": mix,
+            "selection": self.mode, "rows_kept": int(self.kept_.size), "rows_total": len(car),
+            "rows_without_car": int((~finite).sum()), "beta": self.beta, **self.transform_record_,
+            "reward_column": self.reward_column, "cutoff": self.cutoff_, "threshold": self.threshold,
+            "top_fraction": self.top_fraction, "top_k": self.top_k, "group_by": self.group_by, "generator_mix": mix,
         }
         return self
-
-    def summary(self) -> dict[str, Any]:
-        """What was selected: rows kept / total, beta, cutoff, reward transform, generator mix."""
-        if self.summary_ is None:
-            raise RuntimeError("CARFilter is not fitted: call .fit(dataset) first")
-        return dict(self.summary_)
 
     def apply(self, dataset: Any) -> Any:
         """``fit`` then keep the selected rows, in their original order."""
@@ -174,63 +197,6 @@ class CARFilter(TrainerCallback, ExportableState):
             raise RuntimeError("CARFilter is not fitted: call .fit(dataset) first (or use .apply(dataset))")
         car = self._car(batch[self.reward_column], batch[self.loss_column])
         return (np.isfinite(car) & (car >= self.cutoff_)).tolist()
-
-    # --- TrainerCallback: record the selection where training results live -----------------
-    def state(self) -> dict[str, Any]:
-        """Stored by the Trainer in ``trainer_state.json`` (``stateful_callbacks.CARFilter``)."""
-        return {"args": {"threshold": self.threshold, "top_fraction": self.top_fraction, "top_k": self.top_k,
-                         "group_by": self.group_by, "keep": self.keep, "beta": self.beta,
-                         "reward_transform": self.reward_transform},
-                "attributes": {"summary_": self.summary_}}
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        summary = self.summary()
-        logger.info("CAR selection: kept %d of %d rows (beta=%s, cutoff=%s, generators=%s)", summary["rows_kept"],
-                    summary["rows_total"], summary["beta"], summary["cutoff"], summary["generator_mix"])
-        state.stateful_callbacks["CARFilter"] = self.state()
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:  # one writer per card
-            self.write_model_card(Path(args.output_dir) / "README.md")
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.write_model_card(Path(args.output_dir) / "README.md")
-
-    def card_section(self) -> str:
-        """A markdown section describing the selection, for model cards."""
-        summary = self.summary()
-        lines = [CARD_HEADING, "",
-                 f"Trained on {summary['rows_kept']} of {summary['rows_total']} rows selected by per-example "
-                 "Compatibility-Adjusted Reward, CAR = reward / (1 + beta * base_loss) "
-                 "([arXiv 2411.07133](https://arxiv.org/abs/2411.07133)), with "
-                 "[car_hf](https://github.com/car-hf/car_hf).", "", "| setting | value |", "|---|---|"]
-        for key in ("beta", "reward_transform", "cutoff", "threshold", "top_fraction", "top_k", "group_by",
-                    "rows_without_car"):
-            if summary.get(key) is not None:
-                lines.append(f"| {key} | {summary[key]} |")
-        if summary["generator_mix"]:
-            lines += ["", "| generator | rows kept |", "|---|---|"]
-            lines += [f"| {g} | {n} |" for g, n in sorted(summary["generator_mix"].items(), key=lambda x: -x[1])]
-        return "\n".join(lines) + "\n"
-
-    def write_model_card(self, path: Path) -> None:
-        """Add (or replace) the selection section in an existing model card; no card, no change."""
-        if self.summary_ is not None:
-            write_card_section(path, self.card_section())
-
-
-def write_card_section(path: Path, section: str) -> None:
-    """Put ``section`` (starting with :data:`CARD_HEADING`) at the end of the model card at ``path``,
-    replacing an earlier one, so repeated saves never stack copies. No card, no change."""
-    if not path.exists():
-        return
-    text = path.read_text(encoding="utf-8")
-    if CARD_HEADING in text:
-        head, _, rest = text.partition(CARD_HEADING)
-        following = rest.find("\n## ")
-        text = head + (rest[following + 1 :] if following >= 0 else "")
-    path.write_text(text.rstrip() + "\n\n" + section, encoding="utf-8")
 
 
 def select_generator(
@@ -263,3 +229,110 @@ def select_generator(
     best = table[by].iloc[0]
     rows = dataset.filter(lambda values: [v == best for v in values], input_columns=by, batched=True)
     return (best, rows, table) if return_table else (best, rows)
+
+
+@dataclass
+class Selection:
+    """What :func:`select` returns: the kept rows, and what records and describes the choice."""
+
+    rows: Any  # the selected Dataset, rows in their original order
+    callback: SelectionCallback | None = None  # for the Trainer: logs and stores the summary (None for "none")
+    summary: dict[str, Any] | None = None  # rendered by car_hf.cards.selection_section (None for "none")
+    leaderboard: pd.DataFrame | None = None  # the rank_generators table, for "generator"
+
+
+def check_selection(mode: str, value: float | None = None) -> float | int | None:
+    """``value`` checked for selection ``mode`` and returned as :func:`select` uses it (an int for top_k).
+
+    Reads no data, so callers can check a configuration before loading anything.
+
+    Raises:
+        ConfigError: naming the mode and the value: an unknown mode, a missing or out-of-range value
+            for ``top_fraction``/``top_k``/``threshold``, or a value given to a mode that takes none.
+
+    Example:
+        >>> check_selection("top_k", 5.0), check_selection("generator")
+        (5, None)
+    """
+    if mode not in SELECT_MODES:
+        raise ConfigError(f"selection mode must be one of {SELECT_MODES}, got {mode!r}")
+    if mode not in MODE_VALUES:
+        if value is not None:
+            raise ConfigError(f"selection mode {mode!r} takes no value, got {value!r}")
+        return None
+    fits = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and (
+        mode == "threshold" or (mode == "top_fraction" and 0 < value <= 1)
+        or (mode == "top_k" and value >= 1 and value == int(value)))
+    if not fits:
+        raise ConfigError(f"selection mode {mode!r} needs {MODE_VALUES[mode]}, got {value!r}")
+    return int(value) if mode == "top_k" else float(value)
+
+
+def select(
+    dataset: Any,
+    mode: str,
+    value: float | None = None,
+    *,
+    beta: float = 1.0,
+    reward_transform: str = "raise",
+    reward_column: str = "reward",
+    by: str = "generator",
+    group_by: str = "instruction_id",
+    n_bootstrap: int = 1000,
+    scoring: Mapping[str, Any] | None = None,
+) -> Selection:
+    """Select training rows of a scored dataset by CAR, in any of :data:`SELECT_MODES`.
+
+    Args:
+        mode: ``"none"`` (every row), ``"generator"`` (every row of the generator with the best
+            dataset-level CAR, :func:`select_generator`), ``"top_fraction"``, ``"top_k"``,
+            ``"threshold"`` or ``"best_of_n"`` (per-example CAR, :class:`CARFilter`).
+        value: the fraction (top_fraction), row count (top_k) or CAR cutoff (threshold); no other
+            mode takes one.
+        by: the generator column; ``group_by``: the groups of best-of-N.
+        n_bootstrap: resamples of the generator leaderboard's intervals (``"generator"``).
+        scoring: the scoring record (``CARConfig.record()``), kept in the leaderboard's ``attrs``.
+
+    Every summary holds ``selection`` (the mode), ``rows_kept``, ``rows_total``, ``beta``,
+    ``reward_transform``, ``reward_column`` and ``generator_mix``, plus the mode's own keys.
+
+    Raises:
+        ConfigError: an unknown mode, or a value that does not fit it (:func:`check_selection`), a negative
+            beta or an unknown reward transform; checked before any data is read.
+        KeyError: a needed column is missing (the message lists those present).
+        ValueError: the selection keeps no row, or the rewards do not fit the transform.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> ds = Dataset.from_dict({"generator": ["a", "b", "a", "b"], "reward": [0.9, 0.8, 0.7, 0.9],
+        ...                         "base_loss": [3.0, 1.0, 2.0, 1.0]})
+        >>> chosen = select(ds, "top_fraction", 0.5)
+        >>> list(chosen.rows["reward"]), chosen.summary["selection"], chosen.summary["generator_mix"]
+        ([0.8, 0.9], 'top_fraction', {'b': 2})
+        >>> select(ds, "top_k", 1.5)
+        Traceback (most recent call last):
+        ...
+        car_hf.errors.ConfigError: selection mode 'top_k' needs an integer >= 1 (the number of rows kept), got 1.5
+    """
+    value = check_selection(mode, value)
+    if beta < 0:
+        raise ConfigError(f"beta must be >= 0, got {beta}")
+    if reward_transform not in REWARD_TRANSFORMS:
+        raise ConfigError(f"reward_transform must be one of {REWARD_TRANSFORMS}, got {reward_transform!r}")
+    if mode == "none":
+        return Selection(rows=dataset)
+    if mode == "generator":
+        name, rows, table = select_generator(dataset, by=by, beta=beta, reward_transform=reward_transform,
+                                             reward_column=reward_column, n_bootstrap=n_bootstrap, config=scoring,
+                                             return_table=True)
+        summary = {"selection": mode, "generator": str(name), "rows_kept": len(rows), "rows_total": len(dataset),
+                   "beta": beta, "reward_transform": reward_transform, "reward_column": reward_column,
+                   "generator_mix": {str(name): len(rows)}, "leaderboard": leaderboard_markdown(table)}
+        logger.info("%s\n%s", describe(summary), summary["leaderboard"])
+        return Selection(rows=rows, callback=SelectionCallback(summary), summary=summary, leaderboard=table)
+    rule = {"top_fraction": {"top_fraction": value}, "top_k": {"top_k": value}, "threshold": {"threshold": value},
+            "best_of_n": {"group_by": group_by, "keep": "best"}}[mode]
+    car_filter = CARFilter(beta=beta, reward_transform=reward_transform, reward_column=reward_column, by=by, **rule)
+    rows = car_filter.apply(dataset)
+    logger.info("%s", describe(car_filter.summary()))
+    return Selection(rows=rows, callback=car_filter, summary=car_filter.summary())

@@ -139,6 +139,11 @@ class ModelTransform:
         """Subclass options that are not scoring configuration but belong in the recipe."""
         return {}
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What this transform's values depend on, for :func:`car_hf.cache.scoring_key`."""
+        return {"transform": type(self).__name__, "model": self.model.fingerprint, "config": self.config.cache_key(),
+                **self.extra_options()}
+
     def __reduce__(self):
         # The recipe only: datasets hashes this, multiprocessing sends this; never the weights. The version
         # is in the recipe so that an upgrade that changes how values are computed misses datasets' cache.

@@ -1,7 +1,5 @@
-"""Shared pytest setup for car_hf: offline environment, the ``slow`` marker and tiny-model fixtures.
-
-The environment is fixed at import, before anything imports transformers or datasets: the Hugging Face Hub and
-datasets are offline, tokenizers does not fork threads, and torch uses at most 2 threads (the machines have 2 cores).
+"""Shared pytest setup for car_hf's tests: tiny-model fixtures (the offline environment and ``--run-slow``: the
+repository's top-level ``conftest.py``).
 
 Session-scoped objects (tokenizers, models, saved folders) are shared by every test that asks for them: do not
 modify them (no training, no ``padding_side`` change...). A test that needs its own copy builds one with the
@@ -12,11 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
-
 # `import tiny` works in every pytest import mode, and from benchmarks that put tests/ on the path themselves.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -24,27 +17,7 @@ import pytest  # noqa: E402
 import tiny  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-
-def pytest_addoption(parser):
-    """Add ``--run-slow``."""
-    parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
-
-
-def pytest_configure(config):
-    """Register the ``slow`` marker."""
-    config.addinivalue_line("markers", "slow: slow test, skipped unless --run-slow or CAR_HF_RUN_SLOW=1")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Skip ``slow`` tests unless ``--run-slow`` is given or ``CAR_HF_RUN_SLOW=1``."""
-    if config.getoption("--run-slow") or os.environ.get("CAR_HF_RUN_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow: pass --run-slow or set CAR_HF_RUN_SLOW=1")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # set by the top-level conftest.py
 
 
 @pytest.fixture(scope="session")

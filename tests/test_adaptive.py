@@ -1,4 +1,4 @@
-"""Adaptive ranking: seeded rounds of whole instructions, the stopping rule, budgets, checkpoints."""
+"""The adaptive ranking loop: seeded rounds of whole instructions, stops, budgets, checkpoints (rule: test_stopping)."""
 
 import numpy as np
 import pandas as pd
@@ -7,16 +7,7 @@ import tiny
 from datasets import Dataset
 
 from car_hf import rank_generators
-from car_hf.adaptive import (
-    decision_level,
-    instruction_cells,
-    pairwise_win_probability,
-    plan_rounds,
-    rank_adaptive,
-    stop_decision,
-    subset_cells,
-)
-from car_hf.ranking import bootstrap_car
+from car_hf.adaptive import rank_adaptive
 
 # Rows each named scorer has scored, and after how many rows it is "killed" (module-level: the scorer's hash, which
 # a checkpoint records, must not change with them).
@@ -97,14 +88,6 @@ def test_budget_is_whole_instructions_never_more_rows():
         rank_adaptive(ds, Precomputed("too-small"), max_examples=3)
 
 
-def test_plan_rounds_counts_rows_of_uneven_instructions():
-    assert plan_rounds([3] * 10, min_instructions=4, round_size=3) == [4, 7, 10]
-    assert plan_rounds([3] * 10, min_instructions=4, round_size=3, max_examples=25) == [4, 7, 8]
-    assert plan_rounds([2, 5, 1, 4], min_instructions=1, round_size=1, max_examples=8) == [1, 2, 3]
-    assert plan_rounds([2, 5], min_instructions=1, round_size=1, max_examples=1) == []
-    assert plan_rounds([2] * 3, min_instructions=10, round_size=5) == [3]
-
-
 def test_fully_scored_result_equals_rank_generators_on_all_rows():
     ds = make_data([0.5, 0.5, 0.45], n_instructions=30, noise=0.2, copy=[(0, 1)])  # the top pair never decided
     result = rank_adaptive(ds, Precomputed("full"), min_instructions=5, round_size=7, n_bootstrap=300, seed=3)
@@ -171,30 +154,6 @@ def test_equal_generators_are_listed_undecided():
         assert len(pair) == 1 and pair[0]["p_win"] == 0.5 and not pair[0]["decided"]
         assert all("gen-2" not in (p["better"], p["worse"]) for p in result.undecided)
         assert "undecided" in result.summary()
-
-
-def test_stop_decision_is_a_pure_function_of_cells():
-    ds = make_data([0.9, 0.3], n_instructions=30).map(Precomputed("pure"), batched=True, with_indices=True)
-    cells = instruction_cells(ds.to_pandas())
-    decision = stop_decision(cells, beta=1.0, min_instructions=5, n_bootstrap=200)
-    assert decision.stop and decision.leader == "gen-0" and decision.level == 0.95  # 1 pair: no correction
-    assert stop_decision(cells, beta=1.0, min_instructions=31, n_bootstrap=200).stop is False  # too few
-    few = stop_decision(subset_cells(cells, [0, 1]), beta=1.0, min_instructions=5, n_bootstrap=200)
-    assert not few.stop and "min_instructions" in few.note
-    again = stop_decision(cells, beta=1.0, min_instructions=5, n_bootstrap=200)
-    assert again.p_top == decision.p_top and again.pairs == decision.pairs
-
-
-def test_pairwise_win_probability_and_levels():
-    boot = bootstrap_car(instruction_cells({"generator": list("ababab"), "instruction_id": [0, 0, 1, 1, 2, 2],
-                                            "reward": [.9, .2, .8, .3, .7, .1], "base_loss": [1.0] * 6}), 1.0, 200, 0)[0]
-    wins = pairwise_win_probability(boot)
-    assert wins[0, 1] == 1.0 and wins[1, 0] == 0.0 and np.allclose(wins + wins.T, 1.0)
-    nan = pairwise_win_probability(np.array([[np.nan, 1.0], [2.0, 1.0]]))
-    assert nan[0, 1] == 0.5  # NaN loses once, wins once
-    assert decision_level(0.95, 10) == pytest.approx(0.995) and decision_level(0.95, 10, "none") == 0.95
-    with pytest.raises(ValueError):
-        decision_level(0.95, 3, "holm")
 
 
 def test_with_a_real_scorer_and_the_scorer_beta(tokenizer, causal_lm):

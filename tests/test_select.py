@@ -1,14 +1,18 @@
-"""CARFilter (threshold, top fraction, top-k, best-of-N, Trainer callback) and select_generator."""
+"""select (every mode), CARFilter (threshold, top fraction, top-k, best-of-N, Trainer callback), select_generator."""
 
 import json
 import math
 
 import numpy as np
 import pytest
+import tiny
 from datasets import Dataset
 
-import tiny
 from car_hf import CARFilter, select_generator
+from car_hf.callbacks import read_selection_summary
+from car_hf.cards import CARD_BEGIN
+from car_hf.errors import ConfigError
+from car_hf.selection import SELECT_MODES, check_selection, select
 
 
 def scored(n=12, seed=0):
@@ -126,15 +130,92 @@ def test_trainer_callback_logs_and_records_the_selection(tmp_path, tokenizer, ca
                        activation_checkpointing=False, report_to=[], use_cpu=True, save_strategy="steps", save_steps=1)
     trainer = SFTTrainer(model=tiny.build_causal_lm(tokenizer), args=config, train_dataset=records,
                          processing_class=tokenizer, callbacks=[flt])
-    with caplog.at_level("INFO", logger="car_hf.selection"):
+    with caplog.at_level("INFO", logger="car_hf.callbacks"):
         trainer.train()
-    assert "CAR selection: kept 4 of 8 rows" in caplog.text
+    assert "CAR selection (top_fraction): kept 4 of 8 rows" in caplog.text
     state = json.loads((tmp_path / "checkpoint-1" / "trainer_state.json").read_text())
-    assert state["stateful_callbacks"]["CARFilter"]["attributes"]["summary_"]["rows_kept"] == 4
-    trainer.create_model_card()
-    flt.on_train_end(config, trainer.state, trainer.control)
+    assert state["stateful_callbacks"]["CARSelection"]["summary"]["rows_kept"] == 4
+    assert "CARFilter" not in state["stateful_callbacks"]  # one key, whatever the callback's class
+    assert read_selection_summary(tmp_path / "checkpoint-1") == flt.summary()
+    # TRL wrote its card with the checkpoint; the callback added car_hf's section to it, once.
     card = (tmp_path / "README.md").read_text()
-    assert "## CAR data selection" in card and "Trained on 4 of 8 rows" in card
-    assert card.count("## CAR data selection") == 1
-    flt.write_model_card(tmp_path / "README.md")  # idempotent: replaced, not appended
-    assert (tmp_path / "README.md").read_text().count("## CAR data selection") == 1
+    assert "# Model Card for" in card and card.count("## CAR data selection") == 1 and "Trained on 4 of 8 rows" in card
+    trainer.create_model_card()  # TRL writes its card again, from scratch
+    assert "## CAR data selection" not in (tmp_path / "README.md").read_text()
+    for _ in range(2):
+        flt.on_train_end(config, trainer.state, trainer.control)
+        card = (tmp_path / "README.md").read_text()
+        assert card.count("## CAR data selection") == 1 and card.count(CARD_BEGIN) == 1
+
+
+# ------------------------------------------------------------------------------------------------ select()
+COMMON_KEYS = {"selection", "rows_kept", "rows_total", "beta", "reward_transform", "reward_column", "generator_mix"}
+
+
+@pytest.mark.parametrize("mode, value, kept", [("top_fraction", 0.25, 3), ("top_k", 5, 5), ("threshold", 0.2, None),
+                                                ("best_of_n", None, 4)])
+def test_select_per_example_modes_match_carfilter(mode, value, kept):
+    ds = scored()
+    car = car_of(ds, beta=0.5)
+    chosen = select(ds, mode, value, beta=0.5)
+    if mode == "threshold":
+        kept = int((car >= 0.2).sum())
+        assert (car_of(chosen.rows, beta=0.5) >= 0.2).all()
+    if mode == "best_of_n":  # the best-CAR row of each instruction_id, in order
+        expected = [int(np.argmax(car[i:i + 3])) + i for i in range(0, 12, 3)]
+        assert list(chosen.rows["reward"]) == [ds["reward"][i] for i in expected]
+    assert len(chosen.rows) == kept and chosen.leaderboard is None
+    summary = chosen.summary
+    assert COMMON_KEYS <= set(summary) and summary["selection"] == mode and summary["rows_kept"] == kept
+    assert summary["rows_total"] == 12 and summary["beta"] == 0.5 and sum(summary["generator_mix"].values()) == kept
+    assert isinstance(chosen.callback, CARFilter) and chosen.callback.summary() == summary
+    assert summary["group_by"] == ("instruction_id" if mode == "best_of_n" else None)
+
+
+def test_select_generator_mode_records_the_leaderboard():
+    ds = scored(30, seed=2)
+    name, rows = select_generator(ds, beta=1.0, n_bootstrap=0)
+    chosen = select(ds, "generator", n_bootstrap=0, scoring={"base_model": "google/gemma-3-270m"})
+    assert chosen.summary["generator"] == name and list(chosen.rows["reward"]) == list(rows["reward"])
+    assert COMMON_KEYS <= set(chosen.summary) and chosen.summary["generator_mix"] == {name: 10}
+    assert chosen.leaderboard[["generator", "rank"]].values.tolist()[0] == [name, 1]
+    assert chosen.leaderboard.attrs["car"]["base_model"] == "google/gemma-3-270m"  # the scoring record
+    assert chosen.summary["leaderboard"].splitlines()[2].startswith(f"| 1 | {name} |")
+    assert chosen.callback.summary() == chosen.summary and type(chosen.callback).__name__ == "SelectionCallback"
+
+
+def test_select_none_keeps_everything_and_records_nothing():
+    ds = scored()
+    chosen = select(ds, "none")
+    assert chosen.rows is ds and chosen.callback is None and chosen.summary is None and chosen.leaderboard is None
+
+
+@pytest.mark.parametrize("mode, value, message", [
+    ("top_half", None, r"selection mode must be one of .*'top_half'"),
+    ("top_fraction", None, r"'top_fraction' needs a fraction in \(0, 1\], got None"),
+    ("top_fraction", 1.5, r"'top_fraction' needs a fraction in \(0, 1\], got 1.5"),
+    ("top_k", 2.5, r"'top_k' needs an integer >= 1 .*got 2.5"),
+    ("top_k", 0, r"'top_k' needs an integer >= 1 .*got 0"),
+    ("threshold", math.nan, r"'threshold' needs a finite CAR cutoff, got nan"),
+    ("generator", 0.5, r"'generator' takes no value, got 0.5"),
+    ("best_of_n", 3, r"'best_of_n' takes no value, got 3"),
+    ("none", 1, r"'none' takes no value, got 1"),
+])
+def test_select_refuses_a_mode_value_that_does_not_fit(mode, value, message):
+    with pytest.raises(ConfigError, match=message):
+        check_selection(mode, value)  # before any data is read
+    with pytest.raises(ConfigError, match=message):
+        select(scored(), mode, value)
+
+
+def test_select_data_errors():
+    ds = scored()
+    with pytest.raises(KeyError, match=r"'generator'.*columns \['instruction_id', 'reward', 'base_loss'\]"):
+        select(ds.remove_columns("generator"), "generator", n_bootstrap=0)
+    with pytest.raises(KeyError, match="'uuid' is missing.*columns"):
+        select(ds, "best_of_n", group_by="uuid")
+    with pytest.raises(KeyError, match="'judge' is missing.*columns"):
+        select(ds, "top_k", 2, reward_column="judge")
+    with pytest.raises(ValueError, match="keeps 0 of 12 rows"):
+        select(ds, "threshold", 10.0)
+    assert set(SELECT_MODES) == {"none", "generator", "top_fraction", "top_k", "threshold", "best_of_n"}

@@ -1,0 +1,134 @@
+"""Scoring over many processes (``accelerate launch``), in chunks that survive a kill.
+
+Work units: the rows are cut into chunks of ``chunk_rows`` consecutive rows, numbered over the WHOLE
+dataset; each process takes a contiguous run of chunks (``Dataset.shard(contiguous=True)`` arithmetic
+applied to chunks, never accelerate's padded split, which repeats rows). Chunk boundaries do not depend
+on the number of processes, so every row is scored in the same micro-batches whatever the world size:
+N processes give bit for bit the values of one, and chunks written by a run with another world size are
+reused. Chunks go to the :class:`~car_hf.cache.ScoreCache` as they complete, so a killed run loses at
+most the chunk in progress, and a rerun with the same data, models and configuration skips every chunk
+present.
+
+Example:
+    >>> chunk_bounds(10, 4)
+    [(0, 4), (4, 8), (8, 10)]
+    >>> [list(shard_chunks(3, world=2, rank=r)) for r in range(2)]
+    [[0, 1], [2]]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .cache import ScoreCache
+
+logger = logging.getLogger(__name__)
+
+FAIL_AFTER_CHUNKS = "CAR_HF_FAIL_AFTER_CHUNKS"
+"""Environment variable: exit abruptly after writing this many chunks (a stand-in for a killed job, for tests)."""
+
+
+def setup_logging(rank: int = 0, world: int = 1, level: int = logging.INFO) -> None:
+    """One log format for long jobs; the rank prefix only when there are several processes."""
+    prefix = f"[rank {rank}/{world}] " if world > 1 else ""
+    # No force=True: when something already configured logging (a test runner, a notebook), leave it be.
+    logging.basicConfig(level=level, stream=sys.stderr, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("car_hf").setLevel(level)
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def chunk_bounds(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of every chunk, over the whole dataset."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    return [(lo, min(lo + chunk_rows, n_rows)) for lo in range(0, n_rows, chunk_rows)]
+
+
+def shard_chunks(n_chunks: int, world: int, rank: int) -> range:
+    """This rank's contiguous run of chunk numbers; the first ``n_chunks % world`` ranks get one more."""
+    div, mod = divmod(n_chunks, world)
+    start = rank * div + min(rank, mod)
+    return range(start, start + div + (1 if rank < mod else 0))
+
+
+def chunk_name(chunk: int, n_chunks: int) -> str:
+    return f"chunk-{chunk:05d}-of-{n_chunks:05d}"
+
+
+@dataclass
+class ChunkProgress:
+    """What one process did: its chunks, those it scored now and those it found in the cache."""
+
+    rank: int
+    world_size: int
+    chunks: list[int]
+    scored: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_chunks(
+    dataset: Any,
+    scorer: Any,
+    cache: ScoreCache,
+    *,
+    chunk_rows: int,
+    rank: int = 0,
+    world: int = 1,
+    batch_size: int = 64,
+) -> ChunkProgress:
+    """Score this rank's chunks of ``dataset`` with ``scorer`` into ``cache``, skipping complete ones."""
+    from .data import map_scores
+
+    bounds = chunk_bounds(len(dataset), chunk_rows)
+    progress = ChunkProgress(rank, world, list(shard_chunks(len(bounds), world, rank)))
+    fail_after = int(os.environ[FAIL_AFTER_CHUNKS]) if os.environ.get(FAIL_AFTER_CHUNKS) else None
+    started = time.perf_counter()
+    for chunk in progress.chunks:
+        name = chunk_name(chunk, len(bounds))
+        if cache.has(name):
+            progress.skipped.append(chunk)
+            continue
+        lo, hi = bounds[chunk]
+        scored = map_scores(dataset.select(range(lo, hi)), scorer, rows=range(lo, hi), batch_size=batch_size,
+                            desc=f"chunk {chunk} (rows {lo}-{hi - 1})")
+        cache.save(name, scored, meta={"rows": [lo, hi]})
+        progress.scored.append(chunk)
+        logger.info("chunk %d (rows %d-%d) of %d scored and saved", chunk, lo, hi - 1, len(bounds))
+        if fail_after is not None and len(progress.scored) >= fail_after:
+            logger.error("%s=%d: exiting abruptly after chunk %d", FAIL_AFTER_CHUNKS, fail_after, chunk)
+            logging.shutdown()
+            os._exit(3)
+    progress.seconds = time.perf_counter() - started
+    logger.info("scored %d chunk(s) in %.1f s; %d were already in the cache: %s", len(progress.scored),
+                progress.seconds, len(progress.skipped), progress.skipped)
+    return progress
+
+
+def gather_chunks(cache: ScoreCache, n_rows: int, chunk_rows: int) -> Any:
+    """Every chunk from the cache, in row order, checked to hold exactly its rows."""
+    import datasets
+
+    bounds = chunk_bounds(n_rows, chunk_rows)
+    parts = []
+    for chunk, (lo, hi) in enumerate(bounds):
+        loaded = cache.load(chunk_name(chunk, len(bounds)))
+        if loaded is None:
+            raise RuntimeError(f"chunk {chunk} (rows {lo}-{hi - 1}) is missing from {cache.folder}: a process did "
+                               "not finish; rerun the same command to score what is missing")
+        part, meta = loaded
+        if len(part) != hi - lo or meta.get("rows") != [lo, hi]:
+            raise RuntimeError(f"chunk {chunk} in {cache.folder} holds {len(part)} rows {meta.get('rows')}, expected "
+                               f"rows [{lo}, {hi}); delete that folder and rerun")
+        parts.append(part)
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]

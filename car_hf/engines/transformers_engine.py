@@ -1,0 +1,103 @@
+"""The ``transformers`` engine: batched ``model.generate`` with left padding, CPU or GPU.
+
+Prompts are rendered with the teacher's chat template, sorted by length and cut into token-budget batches
+(:func:`car_hf.batching.token_budget_batches`, the one batching path; a row costs its prompt plus
+``max_new_tokens``), left-padded with an attention mask. ``generate`` derives position ids from the mask
+(``cumsum - 1``), so a padded row sees the positions it has alone: greedy batched output equals greedy
+one-at-a-time output token for token (tested on a tiny Llama in fp32; in lower precision, or on a real model
+where two logits nearly tie, padding can change rounding and flip a token, as in any batched inference).
+
+Decoding is exactly what :class:`~car_hf.teacher.TeacherConfig` says, whatever the teacher's own
+``generation_config.json`` suggests: greedy at temperature 0, else temperature and top-p sampling with top-k,
+min-p and repetition penalties off (vLLM's and the OpenAI API's defaults). Sampling is seeded per batch with a
+seed derived from ``generation_seed`` and the batch's token ids (the global RNG is restored afterwards): the
+same rows, batched the same way (same data order, ``generation_batch_tokens``, map batch size) on the same
+device and library versions, give the same text.
+
+Example:
+    >>> import torch
+    >>> ids, mask = pad_left([[5, 6, 7], [8]], pad_id=0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from ..batching import token_budget_batches
+from ..teacher import TeacherConfig
+from .base import Generation, Messages, check_chat_template, finish, prompt_ids, stop_token_ids
+
+# On CPU a generation batch holds at most this many tokens (rows x (prompt + max_new_tokens)). Measured with
+# bench/generate_bench.py (SmolLM2-135M-Instruct, 2-core CPU): decoding is bound by reading the weights, so rows
+# are nearly free up to ~16 per step; past that, attention over the padded cache and rows that finished early
+# (they still run until the longest row ends) cost more than they save.
+CPU_GENERATION_TOKENS = 8192
+
+
+def pad_left(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"):
+    """Left-pad token id lists into ``(input_ids, attention_mask)``: every prompt ends where generation starts."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
+        attention_mask[row, width - len(seq):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def batch_seed(seed: int, batch: Sequence[Sequence[int]]) -> int:
+    """A sampling seed for one batch: ``seed`` and the batch's token ids, so it does not depend on batch order."""
+    digest = hashlib.blake2b(repr((seed, [list(ids) for ids in batch])).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in an int64
+
+
+class TransformersEngine:
+    """Generate with a loaded ``(model, tokenizer)``; see the module docstring."""
+
+    name: ClassVar[str] = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, config: TeacherConfig, teacher: str):
+        from transformers import GenerationConfig
+
+        self.model, self.tokenizer, self.config, self.teacher = model, tokenizer, config, teacher
+        self.template = config.template_text()
+        check_chat_template(tokenizer, self.template, teacher)
+        self.stops = stop_token_ids(tokenizer, self.template, model.generation_config.eos_token_id)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stops[0]
+        sampling = {} if config.greedy else {"temperature": config.temperature, "top_p": config.top_p, "top_k": 0,
+                                             "min_p": 0.0, "typical_p": 1.0}
+        # Every knob that applies is set: fields left None would be filled from the teacher's generation_config.json.
+        self.generation_config = GenerationConfig(
+            max_new_tokens=config.max_new_tokens, min_new_tokens=0, do_sample=not config.greedy, num_beams=1,
+            repetition_penalty=1.0, no_repeat_ngram_size=0, eos_token_id=self.stops, pad_token_id=self.pad_id,
+            **sampling,
+        )
+        device = model.device
+        self.budget = config.generation_batch_tokens
+        if device.type == "cpu":
+            self.budget = min(self.budget, CPU_GENERATION_TOKENS)
+
+    def generate(self, prompts: Sequence[Messages], rows: Sequence[Any]) -> list[Generation]:
+        ids = [prompt_ids(self.tokenizer, p, self.template, row, self.teacher) for p, row in zip(prompts, rows)]
+        results: list[Generation | None] = [None] * len(ids)
+        lengths = [len(i) + self.config.max_new_tokens for i in ids]
+        for group in token_budget_batches(lengths, self.budget):
+            for i, generation in zip(group, self._generate_batch([ids[i] for i in group])):
+                results[i] = generation
+        return results  # type: ignore[return-value]  # every index is in exactly one group
+
+    def _generate_batch(self, batch: list[list[int]]) -> list[Generation]:
+        device = self.model.device
+        input_ids, attention_mask = pad_left(batch, self.pad_id, device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(batch_seed(self.config.generation_seed, batch))
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                         generation_config=self.generation_config)
+        new = output[:, input_ids.shape[1]:].tolist()
+        return [finish(row, self.stops, self.tokenizer) for row in new]

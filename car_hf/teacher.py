@@ -1,0 +1,212 @@
+"""``TeacherConfig``: the one declaration of car_hf's generation options.
+
+A *teacher* is what writes a response column: a model (Hub id, folder, ``.gguf`` file, a loaded
+``(model, tokenizer)`` pair, or the name a server serves it under) plus a system prompt and sampling
+parameters, so "the same model with another system prompt" is another candidate teacher. Everything
+that decides how responses are generated lives here, once: :func:`car_hf.generate.add_responses`
+takes it (its keyword arguments are the same fields), ``recipes/generate.py`` parses it with
+``TrlParser`` and the generated dataset records it (:meth:`TeacherConfig.record`).
+
+Field names do not collide with :class:`~car_hf.config.CARConfig`'s nor with TRL's ``SFTConfig`` /
+``ModelConfig``'s, so one parser can hold them all: the generated column is ``generation_column``
+(``CARConfig.response_column`` names the column a scorer reads), the seed is ``generation_seed``
+(TRL owns ``seed``), the batch budget ``generation_batch_tokens``.
+
+The token of an OpenAI-compatible endpoint is never a field: ``api_key_env`` holds the NAME of the
+environment variable that holds it, read when requests are sent, so configurations, records,
+pickles and logs can be shared.
+
+Example:
+    >>> config = TeacherConfig(teacher="HuggingFaceTB/SmolLM2-135M-Instruct", max_new_tokens=64)
+    >>> config.greedy, config.label
+    (True, 'HuggingFaceTB/SmolLM2-135M-Instruct')
+    >>> TeacherConfig(teacher="m", system_prompt="Be brief.").label
+    'm [system 1947d731]'
+    >>> TeacherConfig(teacher="m", temperature=-1)
+    Traceback (most recent call last):
+    ...
+    car_hf.errors.ConfigError: temperature must be >= 0 (0: greedy), got -1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import ConfigError
+
+ENGINES = ("auto", "transformers", "vllm", "openai")
+
+# Fields that change nothing in the generated text: left out of cache keys, so a rerun with more
+# concurrency or patience still finds what an earlier run generated.
+_NOT_IN_KEY = ("max_concurrency", "max_retries", "retry_backoff", "request_timeout", "api_key_env", "teacher_name")
+
+
+@dataclass
+class TeacherConfig:
+    """How car_hf generates a response column: the teacher, its prompt, sampling, and the engine's options."""
+
+    teacher: str | None = field(
+        default=None,
+        metadata={"help": "The teacher: Hub id, folder or .gguf file (transformers, vllm), or the model name an "
+                          "OpenAI-compatible server serves (openai)."},
+    )
+    teacher_revision: str | None = field(default=None, metadata={"help": "Hub revision of the teacher."})
+    teacher_name: str | None = field(
+        default=None,
+        metadata={"help": "Label of this teacher in rankings and provenance (default: the teacher id, with a hash "
+                          "of the system prompt when there is one)."},
+    )
+    engine: str = field(
+        default="auto",
+        metadata={"help": "auto (openai with base_url, else vllm when installed with a GPU, else transformers) | "
+                          "transformers | vllm | openai.", "choices": list(ENGINES)},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System turn put before every prompt (rows with their own are refused)."})
+    max_new_tokens: int = field(
+        default=512, metadata={"help": "Token cap of a response; a response cut there is flagged (finish 'length')."})
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 is greedy decoding."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1] (sampling only)."})
+    generation_seed: int = field(
+        default=0, metadata={"help": "Seed of sampling (per request for vllm/openai, per batch for transformers)."})
+    generation_column: str = field(default="response", metadata={"help": "Name of the generated column."})
+    input_column: str | None = field(
+        default=None,
+        metadata={"help": "Column holding each prompt: a string (one user turn) or a list of chat messages ending "
+                          "with a user turn (default: the first of messages, prompt, instruction)."},
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "Chat template (a Jinja string or a file) for a teacher whose tokenizer has none "
+                          "(transformers, vllm; a server applies its own)."},
+    )
+    base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (engine openai)."})
+    api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "NAME of the environment variable holding the endpoint's token (e.g. HF_TOKEN); "
+                          "none: no token is sent."},
+    )
+    max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai)."})
+    max_retries: int = field(
+        default=5, metadata={"help": "Retries of a request after 429, 5xx, timeouts or malformed answers (openai)."})
+    retry_backoff: float = field(
+        default=1.0, metadata={"help": "First retry delay in seconds, doubled at each retry, at most 60 s (openai)."})
+    request_timeout: float = field(default=600.0, metadata={"help": "Seconds before a request times out (openai)."})
+    generation_batch_tokens: int = field(
+        default=32768,
+        metadata={"help": "Budget of a generation batch: rows x (longest prompt + max_new_tokens) (transformers; "
+                          "capped on CPU)."},
+    )
+    teacher_dtype: str = field(
+        default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on capable GPUs) | float32 | bfloat16 | float16."})
+    teacher_device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1 ... (transformers; default: the first GPU, else the CPU)."})
+    teacher_trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow the teacher's custom model code (transformers, vllm)."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs one vLLM engine spans (vllm)."})
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name in ("max_new_tokens", "max_concurrency", "generation_batch_tokens", "tensor_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_retries < 0 or self.retry_backoff < 0 or self.request_timeout <= 0:
+            raise ConfigError("max_retries and retry_backoff must be >= 0 and request_timeout > 0, got "
+                              f"{self.max_retries}, {self.retry_backoff}, {self.request_timeout}")
+        if not self.generation_column:
+            raise ConfigError("generation_column must be a column name")
+        if self.engine == "openai" and not self.base_url:
+            raise ConfigError("engine openai needs base_url, the endpoint (e.g. http://localhost:8000/v1)")
+        if self.base_url is not None and self.engine in ("transformers", "vllm"):
+            raise ConfigError(f"base_url is for engine openai; engine {self.engine} runs the teacher itself")
+        if self.chat_template is not None and (self.engine == "openai" or self.base_url):
+            raise ConfigError("chat_template does not apply to an endpoint: the server applies its own (vLLM: "
+                              "`vllm serve MODEL --chat-template FILE`; llama.cpp: `--chat-template-file FILE`)")
+        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+            raise ConfigError("api_key_env is the NAME of an environment variable holding the token (e.g. HF_TOKEN), "
+                              "not the token itself")
+        if self.chat_template is not None and "{" not in self.chat_template \
+                and not Path(self.chat_template).expanduser().is_file():
+            raise ConfigError(f"chat_template: {self.chat_template!r} is neither a Jinja template nor a file")
+        # str(torch.float32) is "torch.float32": keep the short name so keys and records stay stable.
+        self.teacher_dtype = str(self.teacher_dtype).removeprefix("torch.")
+        if self.teacher_device is not None:
+            self.teacher_device = str(self.teacher_device)
+
+    @classmethod
+    def from_kwargs(cls, config: TeacherConfig | None = None, **kwargs: Any) -> TeacherConfig:
+        """``config`` (or the defaults) updated by keyword arguments (``revision=`` sets ``teacher_revision``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "revision" in kwargs:
+            kwargs["teacher_revision"] = kwargs.pop("revision")
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown generation option(s) {unknown}; TeacherConfig has {sorted(names)}")
+        return dataclasses.replace(config or cls(), **kwargs)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def label(self) -> str:
+        """The teacher's name in rankings: ``teacher_name``, else the id (``@revision``) and a system-prompt hash."""
+        if self.teacher_name:
+            return self.teacher_name
+        label = f"{self.teacher}@{self.teacher_revision}" if self.teacher_revision else str(self.teacher)
+        if self.system_prompt:
+            label += f" [system {hashlib.blake2b(self.system_prompt.encode(), digest_size=4).hexdigest()}]"
+        return label
+
+    def template_text(self) -> str | None:
+        """The ``chat_template`` override as Jinja text (read from its file when it names one)."""
+        if self.chat_template is None or "{" in self.chat_template:
+            return self.chat_template
+        return Path(self.chat_template).expanduser().read_text()
+
+    def sampling(self) -> dict[str, Any]:
+        """What decides the text besides the model and the prompt, as recorded with every response."""
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p if not self.greedy else None, "seed": self.generation_seed}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def record(self) -> dict[str, Any]:
+        """What a generated dataset records about its teacher: every field, the label, the code version."""
+        return self.to_dict() | {"teacher_label": self.label, "car_hf_version": __version__}
+
+    def cache_key(self) -> dict[str, Any]:
+        """The fields that change generated text, as JSON-able data (for :mod:`car_hf.cache`).
+
+        A chat template counts by its text (not the file holding it); the device by its type only, so the
+        processes of a multi-GPU job share one cache.
+        """
+        key = {k: v for k, v in json.loads(json.dumps(self.to_dict(), default=str)).items() if k not in _NOT_IN_KEY}
+        key["chat_template"] = self.template_text()
+        key["teacher_device"] = None if self.teacher_device is None else self.teacher_device.split(":")[0]
+        return key
+
+
+def api_key(config: TeacherConfig) -> str | None:
+    """The endpoint's token, read from the environment variable ``config.api_key_env`` names (None: no token)."""
+    if config.api_key_env is None:
+        return None
+    value = os.environ.get(config.api_key_env)
+    if not value:
+        raise ConfigError(f"api_key_env={config.api_key_env!r}: that environment variable is not set or empty; "
+                          f"export {config.api_key_env}=<token>, or leave api_key_env unset to send no token")
+    return value

@@ -1,0 +1,208 @@
+"""Training on CAR-selected data with TRL's ``SFTTrainer``: the recipe's arguments and the steps around training.
+
+``recipes/sft.py`` is glue; what it does is here, where it is tested: the script arguments, the checks that
+run before any model loads, scoring the rows with the model being tuned (through the score cache, so a rerun
+or the other processes reuse it), and the TRL prompt/completion records whose completion-only loss covers
+exactly the response tokens ``base_loss`` scored.
+
+Example:
+    >>> args = SFTScriptArguments(dataset_name="zoo.jsonl", select="top_fraction", select_value=0.5)
+    >>> args.select, args.generator_column
+    ('top_fraction', 'generator')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import ScoreCache, scoring_key
+from .config import CARConfig
+from .errors import ConfigError, InputError
+from .formats import Layout, has_chat_template, row_example, sft_record
+from .selection import SELECT_MODES
+
+logger = logging.getLogger(__name__)
+
+SCORES_FOLDER = "_car_scored"  # "_" prefix: Trainer.push_to_hub and car_hf.hub skip it, the scores stay local
+
+
+@dataclass
+class SFTScriptArguments:
+    """Data, selection and card options of ``recipes/sft.py`` (the scoring options are ``CARConfig``'s)."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Scored or raw rows: a .json/.jsonl(.gz)/.parquet/.csv file, a save_to_disk "
+                                        "folder (e.g. recipes/score.py's output_dir/scored), or a Hub dataset id."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of a Hub dataset or DatasetDict."})
+    dataset_layout: str = field(
+        default="long", metadata={"help": "long | wide (the paper's Generator-Zoo layout).", "choices": ["long", "wide"]})
+    dataset_zoo_reward_key: str | None = field(
+        default=None, metadata={"help": "wide layout: the reward key of the generator structs copied to 'reward'."})
+    dataset_generators: list[str] | None = field(default=None, metadata={"help": "Keep only these generators' rows."})
+    dataset_max_instructions: int | None = field(default=None, metadata={"help": "Keep the first N instructions."})
+    select: str = field(
+        default="none", metadata={"help": "Row selection: " + " | ".join(SELECT_MODES) + ".",
+                                  "choices": list(SELECT_MODES)})
+    select_value: float | None = field(
+        default=None, metadata={"help": "The fraction (top_fraction), row count (top_k) or CAR cutoff (threshold)."})
+    group_by: str = field(default="instruction_id", metadata={"help": "best_of_n: one row per value of this column."})
+    generator_column: str = field(default="generator", metadata={"help": "Column naming each row's generator."})
+    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the generator leaderboard."})
+    rescore: bool = field(default=False, metadata={"help": "Score again even if the data has a base_loss column."})
+    scoring_batch_size: int = field(default=64, metadata={"help": "Rows per datasets.map batch while scoring."})
+    eval_size: float | None = field(
+        default=None, metadata={"help": "Hold out this fraction (< 1) or number (>= 1) of the selected rows."})
+    merge_adapter: bool = field(default=False, metadata={"help": "With use_peft: also save <output_dir>/merged."})
+    card_base_model: str | None = field(
+        default=None, metadata={"help": "Hub id of the base model for the card (needed when training a local copy)."})
+    card_dataset: str | None = field(default=None, metadata={"help": "Hub id of the dataset for the card."})
+    card_license: str | None = field(default=None, metadata={"help": "License for the model card metadata."})
+
+    def __post_init__(self) -> None:
+        if self.eval_size is not None and self.eval_size <= 0:
+            raise ConfigError(f"eval_size must be > 0, got {self.eval_size}")
+
+
+def check_training_arguments(training_args: Any, model_args: Any, script_args: SFTScriptArguments) -> None:
+    """What CAR needs of TRL's options: the loss on the completion only, the model's own chat template."""
+    if training_args.completion_only_loss is False:
+        raise ConfigError("completion_only_loss: false trains on the prompt tokens too, but CAR's base_loss scores only "
+                          "the response tokens; this recipe trains with completion_only_loss: true")
+    training_args.completion_only_loss = True
+    if training_args.chat_template_path is not None:
+        raise ConfigError("chat_template_path is not supported: CAR scores responses with the base model's own chat "
+                          "template, so set the template in the model folder (chat_template.jinja) instead")
+    if script_args.merge_adapter and not model_args.use_peft:
+        logger.warning("merge_adapter: true has no effect without use_peft: true (the model is saved whole)")
+
+
+def check_tokenizer(tokenizer: Any, training_args: Any, name: str) -> None:
+    """The tokenizer renders what CAR scored: refuse options that would train on other tokens."""
+    if training_args.assistant_only_loss and not has_chat_template(tokenizer):
+        raise ConfigError(f"assistant_only_loss: true needs a chat template, and the tokenizer of {name!r} has none; "
+                          "leave it false: the recipe trains on the response tokens only anyway (completion-only "
+                          "loss on car_hf's plain prompt template)")
+    if (training_args.eos_token is not None and not has_chat_template(tokenizer)
+            and training_args.eos_token != tokenizer.eos_token):
+        raise ConfigError(f"eos_token={training_args.eos_token!r} differs from the tokenizer's {tokenizer.eos_token!r}: "
+                          "without a chat template TRL appends eos_token to each response, while CAR scored the "
+                          "tokenizer's own")
+
+
+def training_config(config: CARConfig, training_args: Any, model_args: Any) -> CARConfig:
+    """The scoring configuration of a training run: the model being tuned, at training's length, dtype and device.
+
+    CAR's compatibility is about the student as it is trained: another ``base_model`` is allowed, with a warning.
+    """
+    if config.base_model and config.base_model != model_args.model_name_or_path:
+        logger.warning("scoring with base_model=%s while tuning %s: CAR's compatibility is meant for the model being "
+                       "tuned", config.base_model, model_args.model_name_or_path)
+    revision = None if model_args.model_revision in (None, "main") else model_args.model_revision
+    return dataclasses.replace(
+        config, base_model=config.base_model or model_args.model_name_or_path,
+        base_model_revision=config.base_model_revision or revision, score_max_length=training_args.max_length,
+        score_dtype=model_args.dtype or "auto", score_device=str(training_args.device),
+        score_trust_remote_code=config.score_trust_remote_code or training_args.trust_remote_code,
+    )
+
+
+def score_for_training(ds: Any, config: CARConfig, training_args: Any, batch_size: int = 64) -> tuple[Any, dict]:
+    """Score ``ds`` under ``config`` once: the main process scores into ``<output_dir>/_car_scored`` (the score
+    cache), the other processes read it; a rerun with the same data, model and options reuses it."""
+    from .data import map_scores
+    from .models import clear_model_cache
+    from .scoring import scorer_for_ranking
+
+    scorer = scorer_for_ranking(config)
+    cache = ScoreCache(Path(training_args.output_dir) / SCORES_FOLDER, scoring_key(scorer, ds))
+    with training_args.main_process_first(local=False, desc="CAR scoring"):
+        loaded = cache.load("scored")
+        if loaded is not None:
+            logger.info("reusing CAR scores from %s (%d rows)", cache.folder, len(loaded[0]))
+            return loaded[0], loaded[1]["scoring"]
+        if training_args.process_index != 0:
+            raise RuntimeError(f"the main process left no CAR scores in {cache.folder}; see its log")
+        logger.info("%s; scoring %d rows with %r", cache.describe_miss(), len(ds), scorer)
+        scored = map_scores(ds, scorer, batch_size=batch_size, desc=f"CAR scoring with {config.base_model}")
+        record = scorer.scoring_config()
+        cache.save("scored", scored, meta={"scoring": record})
+        del scorer
+        clear_model_cache()  # the trainer loads its own copy of the model
+        gc.collect()
+        return cache.load("scored")[0], record
+
+
+def warn_if_scored_for_another_model(dataset_name: str, base_model: str, max_length: int | None) -> None:
+    """Scored data carries its scoring record beside it (``car_config.json``): warn when it was made for another
+    model or length than the training run's (CAR's compatibility is about the model being tuned)."""
+    from .data import read_config
+
+    record = read_config(dataset_name) if os.path.exists(dataset_name) else {}
+    if not record and os.path.isdir(dataset_name):
+        record = read_config(str(Path(dataset_name).parent))  # a ranking folder's scored/ subfolder
+    if not record:
+        logger.info("using the data's base_loss as is (no scoring record beside it to check it against)")
+        return
+    scored_with = record.get("base_model")
+    same = scored_with == base_model or (scored_with and os.path.exists(str(scored_with)) and os.path.exists(base_model)
+                                         and os.path.realpath(str(scored_with)) == os.path.realpath(base_model))
+    if not same:
+        logger.warning("the data was scored with base model %s, but the model being tuned is %s: set rescore: true to "
+                       "score it again", scored_with, base_model)
+    if record.get("score_max_length") not in (None, max_length):
+        logger.warning("the data was scored at %s tokens, training uses max_length=%s: set rescore: true to score "
+                       "exactly what training sees", record.get("score_max_length"), max_length)
+
+
+def to_records(ds: Any, tokenizer: Any, layout: Layout, plain_template: str) -> Any:
+    """TRL prompt/completion records of ``ds`` (``car_hf.formats.sft_record``); errors name the dataset row."""
+
+    def convert(batch: dict, indices: list[int]) -> dict[str, list[Any]]:
+        records = [sft_record(row_example(batch, i, layout, row), tokenizer, plain_template)
+                   for i, row in enumerate(indices)]
+        return {"prompt": [r["prompt"] for r in records], "completion": [r["completion"] for r in records]}
+
+    try:
+        return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names,
+                      desc="TRL prompt/completion records")
+    except InputError as error:
+        raise InputError(f"cannot turn the selected rows into training records: {error}") from None
+
+
+def split_eval(records: Any, eval_size: float | None, seed: int) -> tuple[Any, Any]:
+    """``(train, eval)`` records; ``eval_size`` < 1 is a fraction, >= 1 a row count; None: no eval split."""
+    if eval_size is None:
+        train, held_out = records, None
+    else:
+        split = records.train_test_split(test_size=eval_size if eval_size < 1 else int(eval_size), seed=seed)
+        train, held_out = split["train"], split["test"]
+    if len(train) == 0:
+        raise InputError("no training rows left after the selection and the eval split")
+    return train, held_out
+
+
+def merge_adapter(output_dir: Path, model_args: Any, training_args: Any, tokenizer: Any) -> Path:
+    """Reload the base model, apply the saved adapter, merge, and save to ``<output_dir>/merged`` (with the card)."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "auto"
+    base = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, dtype=getattr(torch, dtype, dtype),
+        trust_remote_code=training_args.trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(output_dir)).merge_and_unload()
+    target = output_dir / "merged"
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    if (output_dir / "README.md").is_file():  # the same fine-tune: the same card, as a transformers model
+        shutil.copyfile(output_dir / "README.md", target / "README.md")
+    return target
