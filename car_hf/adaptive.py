@@ -19,11 +19,8 @@ Example (a stand-in scorer that reads precomputed scores; a real one is
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -33,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .cache import ScoreCache, scoring_key
 from .data import map_scores
 from .ranking import bootstrap_car, rank_generators
 from .stopping import (
@@ -51,9 +49,6 @@ from .stopping import (
 )
 
 logger = logging.getLogger(__name__)
-
-_STATE = "adaptive_state.json"
-
 
 @dataclass
 class AdaptiveResult:
@@ -95,65 +90,6 @@ class AdaptiveResult:
         for pair in self.undecided:
             lines.append(f"  undecided: {pair['better']} over {pair['worse']}: P = {pair['p_win']:.3f}")
         return "\n".join(lines)
-
-
-def _digest(values: Any) -> str:
-    return hashlib.blake2b(json.dumps(values, default=str).encode(), digest_size=8).hexdigest()
-
-
-def _scorer_hash(scorer: Any) -> str | None:
-    try:
-        from datasets.fingerprint import Hasher
-
-        return Hasher.hash(scorer)
-    except Exception:  # noqa: BLE001 - an unhashable scorer just is not checked on resume
-        return None
-
-
-class _Checkpoint:
-    """A folder of ``round_NNNNN/`` parts (``save_to_disk`` + ``rows.json``) and the settings they belong to."""
-
-    def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state = self.folder / _STATE
-        if state.exists():
-            saved = json.loads(state.read_text())
-            changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v and saved.get(k) is not None}
-            if changed:
-                raise ValueError(
-                    f"checkpoint {self.folder} was written for other data or settings ({changed}: saved vs now); "
-                    "resume with the same dataset, scorer, instruction column and seed, or use another folder"
-                )
-        else:
-            _write_json(state, settings)
-
-    def parts(self) -> list[tuple[Any, list[int], dict[str, Any]]]:
-        import datasets
-
-        loaded = []
-        for part in sorted(self.folder.glob("round_[0-9]*")):
-            meta_path = part / "rows.json"
-            if part.suffix == ".tmp" or not meta_path.exists():
-                continue
-            meta = json.loads(meta_path.read_text())
-            loaded.append((datasets.load_from_disk(str(part / "data")), meta["rows"], meta.get("history", {})))
-        return loaded
-
-    def save(self, number: int, data: Any, rows: list[int], history: dict[str, Any]) -> None:
-        final = self.folder / f"round_{number:05d}"
-        tmp = self.folder / f"round_{number:05d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        data.save_to_disk(str(tmp / "data"))
-        _write_json(tmp / "rows.json", {"rows": rows, "history": history})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def rank_adaptive(
@@ -253,14 +189,14 @@ def rank_adaptive(
     history: list[dict[str, Any]] = []
     store = None
     if checkpoint is not None:
-        store = _Checkpoint(checkpoint, {
-            "instruction_column": instruction_column, "by": by, "seed": seed, "n_total": len(dataset),
-            "data": _digest([keys, list(dataset[by])]), "scorer": _scorer_hash(scorer),
-        })
-        for data, rows, entry in store.parts():
-            parts.append((data, rows))
-            if entry:
-                history.append(entry)
+        # The score cache: a rerun with the same data, scorer, order and car_hf version resumes; any change starts
+        # a new key beside the old one.
+        store = ScoreCache(checkpoint, scoring_key(scorer, dataset, instruction_column=instruction_column, by=by,
+                                                   order_seed=seed, adaptive="rounds"))
+        for name in store.names("round-"):
+            data, meta = store.load(name)
+            parts.append((data, meta["rows"]))
+            history.append(meta["history"])
     done_rows = {r for _, rows in parts for r in rows}
     done = 0
     while done < len(order) and all(r in done_rows for r in rows_of[order[done]]):
@@ -268,7 +204,9 @@ def rank_adaptive(
     if len(done_rows) != sum(counts[:done]):
         raise ValueError(f"checkpoint {checkpoint} holds rows that are not a prefix of this seed's instruction order")
     if parts:
-        logger.info("resuming from %s: %d rows (%d instructions) already scored", checkpoint, len(done_rows), done)
+        logger.info("resuming from %s: %d rows (%d instructions) already scored", store.folder, len(done_rows), done)
+    elif store is not None:
+        logger.info(store.describe_miss())
 
     columns = [by, instruction_column, reward_column, loss_column]
     frames = [d.select_columns(columns).to_pandas().set_axis(rows) for d, rows in parts]
@@ -300,7 +238,7 @@ def rank_adaptive(
                  "stop": decision.stop}
         history.append(entry)
         if store is not None:
-            store.save(len(parts), new, rows, entry)
+            store.save(f"round-{len(parts):05d}", new, meta={"rows": rows, "history": entry})
         logger.info("round %d: %d rows, leader %s, p_top %.4f, %s", len(parts), entry["n_scored"], decision.leader,
                     decision.p_top, "stop" if decision.stop else decision.note)
     if decision is None:

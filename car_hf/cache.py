@@ -81,13 +81,19 @@ def data_fingerprint(dataset: Any) -> str:
     return hashlib.blake2b(sink.getvalue().to_pybytes(), digest_size=16).hexdigest()
 
 
-def scoring_key(scorer: Any, dataset: Any, **settings: Any) -> dict[str, Any]:
-    """The key of ``scorer``'s values on ``dataset``: car_hf's version, the scorer, the data, and ``settings``.
+def scorer_identity(scorer: Any) -> Any:
+    """What a scorer's values depend on: a car_hf transform's ``cache_identity()`` (model fingerprints and its
+    configuration, never weights), else the ``datasets`` hash of any other map function."""
+    if hasattr(scorer, "cache_identity"):
+        return scorer.cache_identity()
+    from datasets.fingerprint import Hasher
 
-    ``scorer`` is a car_hf transform (``add_car``, ``add_base_loss``, ``add_reward``): its
-    ``cache_identity()`` names its models by fingerprint and holds its configuration.
-    """
-    return {"car_hf_version": __version__, "scorer": scorer.cache_identity(), "data": data_fingerprint(dataset),
+    return {"hash": Hasher.hash(scorer)}
+
+
+def scoring_key(scorer: Any, dataset: Any, **settings: Any) -> dict[str, Any]:
+    """The key of ``scorer``'s values on ``dataset``: car_hf's version, the scorer, the data, and ``settings``."""
+    return {"car_hf_version": __version__, "scorer": scorer_identity(scorer), "data": data_fingerprint(dataset),
             "rows": len(dataset), **settings}
 
 

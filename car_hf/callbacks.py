@@ -56,10 +56,13 @@ class SelectionCallback(TrainerCallback):
     Not an ``ExportableState``: the Trainer stores those under their class name, which would give a
     second copy under "CARFilter"; the summary is written under one key, at train start.
 
-    With a plain ``SFTTrainer``, whose checkpoints rewrite ``README.md`` without car_hf's section, the
-    section (the selection alone) is added to that card through the one card writer,
-    :func:`car_hf.cards.write_model_card`. A card that already has car_hf's section (written by
-    ``CARSFTTrainer``, with the hyper-parameters too) is left alone.
+    Model cards: a callback cannot see the trainer write its card (``create_model_card`` is no
+    callback event), so after each save and at train end it only completes a ``README.md`` that lacks
+    car_hf's section (a plain ``SFTTrainer`` rewrites it at every checkpoint), through the one card
+    writer, :func:`car_hf.cards.write_model_card`. A card that has the section (``CARSFTTrainer``
+    writes it, with the hyper-parameters too) is left alone. With a plain ``Trainer``, call
+    ``write_model_card(output_dir, base_model=..., selection=read_selection_summary(output_dir))``
+    after ``trainer.create_model_card()``, or publish with ``car-hf push``.
     """
 
     def __init__(self, summary: Mapping[str, Any] | None = None):

@@ -20,13 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import POINTWISE_TRANSFORMS, REWARD_TRANSFORMS
-
-LOSS_DEFINITION = (
-    "mean negative log-likelihood (nats per token) of the response tokens under the base model: the "
-    "assistant turn as the base model's chat template renders it (end-of-turn token included), prompt "
-    "masked, as TRL's SFTTrainer trains with completion-only loss"
-)
+from .config import LOSS_DEFINITION, POINTWISE_TRANSFORMS, REWARD_TRANSFORMS
 
 __all__ = ["LOSS_DEFINITION", "POINTWISE_TRANSFORMS", "REWARD_TRANSFORMS", "check_rewards",
            "compatibility_adjusted_reward", "example_car", "transform_rewards"]

@@ -31,12 +31,12 @@ import datasets
 from transformers import HfArgumentParser
 
 from .adaptive import rank_adaptive
-from .config import KEYWORD_ALIASES, POINTWISE_TRANSFORMS, CARConfig
+from .config import KEYWORD_ALIASES, CARConfig
 from .data import load_data, map_scores, ranking_markdown, read_config, read_ranking, save_data, write_ranking
 from .demo import DEMO_MAX_LENGTH, run_demo
 from .errors import ConfigError, ModelLoadError, PublishError
 from .ranking import rank_generators
-from .scoring import CARScorer
+from .scoring import CARScorer, scorer_for_ranking
 
 # The fields renamed with a score_ prefix (TRL owns the bare names): their old flags stay as hidden aliases.
 DEPRECATED_FLAGS = {f"--{old.replace('_', '-')}": field for old, field in KEYWORD_ALIASES.items()
@@ -219,9 +219,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         table = rank_generators(ds, reward_column=config.reward_column or "reward", n_bootstrap=args.bootstrap,
                                 config=_ranking_record(read_config(args.data)), **ranking)
     else:
-        # add_car's car column is computed row by row: a pool transform (minmax, shift) applies to the ranking only.
-        pointwise = config.reward_transform in POINTWISE_TRANSFORMS
-        scorer = CARScorer(config=config if pointwise else dataclasses.replace(config, reward_transform="raise"))
+        scorer = scorer_for_ranking(config)  # a pool transform (minmax, shift) applies to the ranking only
         if args.adaptive or args.max_examples is not None:
             result = rank_adaptive(ds, scorer, target=args.target, max_examples=args.max_examples,
                                    batch_size=args.batch_size, num_proc=args.num_proc, checkpoint=args.checkpoint,

@@ -41,6 +41,12 @@ PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 Earlier turns of a multi-turn conversation are rendered as successive instruction/response blocks.
 Override with ``plain_template=`` (any string with one ``{prompt}`` field)."""
 
+LOSS_DEFINITION = (
+    "mean negative log-likelihood (nats per token) of the response tokens under the base model: the "
+    "assistant turn as the base model's chat template renders it (end-of-turn token included), prompt "
+    "masked, as TRL's SFTTrainer trains with completion-only loss"
+)
+
 REWARD_TRANSFORMS = ("raise", "sigmoid", "minmax", "shift")
 POINTWISE_TRANSFORMS = ("raise", "sigmoid")
 EMPTY_POLICIES = ("nan", "score", "raise")
@@ -162,8 +168,6 @@ class CARConfig:
 
     def record(self) -> dict[str, Any]:
         """What a scored dataset, a leaderboard and a card record: every field, the code version, the loss definition."""
-        from .car import LOSS_DEFINITION
-
         return self.to_dict() | {
             "base_model": self.resolved_base_model,
             "loss_definition": LOSS_DEFINITION,

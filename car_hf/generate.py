@@ -223,12 +223,13 @@ class ResponseGenerator:
             try:
                 fresh = self.engine(rank).generate([messages[i] for i in todo], [rows[i] for i in todo])
             except GenerationError as error:
+                kept.update({todo[j]: generation for j, generation in error.partial.items()})
                 with _LOCK:
-                    _KEPT.update({keys[todo[j]]: generation for j, generation in error.partial.items()})
-                kept_now = len(kept) + len(error.partial)
-                raise GenerationError(f"{error} ({kept_now} of {len(messages)} response(s) of this batch are kept in "
-                                      "this process: calling again, or re-running the same map, requests only the "
-                                      "others)") from error
+                    _KEPT.update({keys[i]: generation for i, generation in kept.items()})
+                note = (f"; the {len(kept)} of {len(messages)} response(s) of this batch generated before the failure "
+                        "are kept in this process: calling again, or re-running the same map, requests only the others"
+                        if kept else "")
+                raise GenerationError(f"{error}{note}", partial=kept) from error
             kept.update(zip(todo, fresh))
         with _LOCK:
             for key in keys:

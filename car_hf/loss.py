@@ -253,6 +253,8 @@ def add_base_loss(model: Any, **options: Any) -> BaseLossScorer:
     Pass ``with_indices=True`` to ``map`` for dataset row numbers in error messages.
 
     Example:
+        >>> from datasets import Dataset
+        >>> ds = Dataset.from_list([{"instruction": "Say hi.", "response": "Hi!"}])
         >>> ds.map(add_base_loss("google/gemma-3-270m", ifd=True), batched=True)  # doctest: +SKIP
     """
     return BaseLossScorer(model, **options)

@@ -7,6 +7,8 @@ Custom-head models such as ArmoRM, whose output carries a ``.score``, load only 
 
 Example:
     >>> from car_hf import add_reward
+    >>> from datasets import Dataset
+    >>> ds = Dataset.from_list([{"instruction": "Say hi.", "response": "Hi!"}])
     >>> scored = ds.map(add_reward("Skywork/Skywork-Reward-V2-Qwen3-0.6B"), batched=True)  # doctest: +SKIP
 """
 
@@ -93,6 +95,8 @@ def add_reward(model: Any = DEFAULT_REWARD_MODEL, **options: Any) -> RewardScore
     Adds ``reward`` (float) and ``reward_truncated`` (bool).
 
     Example:
+        >>> from datasets import Dataset
+        >>> ds = Dataset.from_list([{"instruction": "Say hi.", "response": "Hi!"}])
         >>> ds.map(add_reward("Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"), batched=True)  # doctest: +SKIP
     """
     return RewardScorer(model, **options)

@@ -142,6 +142,8 @@ def add_car(batch: Any = None, /, *args: Any, **kwargs: Any) -> Any:
     ``reward_truncated`` when a reward model scores). Missing rewards (None/NaN) give NaN CAR.
 
     Example:
+        >>> from datasets import Dataset
+        >>> ds = Dataset.from_list([{"instruction": "Say hi.", "response": "Hi!", "judge_preference": 0.8}])
         >>> scored = ds.map(add_car(base_model="google/gemma-3-270m", reward_column="judge_preference"),
         ...                 batched=True, with_indices=True)  # doctest: +SKIP
     """

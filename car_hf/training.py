@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,13 +179,13 @@ def to_records(ds: Any, tokenizer: Any, layout: Layout, plain_template: str) -> 
 def split_eval(records: Any, eval_size: float | None, seed: int) -> tuple[Any, Any]:
     """``(train, eval)`` records; ``eval_size`` < 1 is a fraction, >= 1 a row count; None: no eval split."""
     if eval_size is None:
-        train, held_out = records, None
-    else:
-        split = records.train_test_split(test_size=eval_size if eval_size < 1 else int(eval_size), seed=seed)
-        train, held_out = split["train"], split["test"]
-    if len(train) == 0:
-        raise InputError("no training rows left after the selection and the eval split")
-    return train, held_out
+        return records, None
+    n_eval = math.ceil(eval_size * len(records)) if eval_size < 1 else int(eval_size)  # as train_test_split counts
+    if n_eval >= len(records):
+        raise InputError(f"no training rows left: eval_size={eval_size} holds out {n_eval} of the {len(records)} "
+                         "selected rows")
+    split = records.train_test_split(test_size=n_eval, seed=seed)
+    return split["train"], split["test"]
 
 
 def merge_adapter(output_dir: Path, model_args: Any, training_args: Any, tokenizer: Any) -> Path:

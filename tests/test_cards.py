@@ -160,7 +160,7 @@ def test_a_card_without_base_model_still_carries_the_selection(selections, tmp_p
 
 
 def test_a_legacy_selection_section_is_replaced_not_kept(selections, tmp_path):
-    """car_hf < 0.2 appended "## CAR data selection" after the card; a new write leaves one section."""
+    """Earlier car_hf versions appended "## CAR data selection" after the card; a new write leaves one section."""
     legacy = (trl_card(tmp_path).rstrip("\n") + f"\n\n{CARD_HEADING}\n\nTrained on 4 of 8 rows selected by CAR.\n\n"
               "| setting | value |\n|---|---|\n| beta | 1.0 |\n")
     (tmp_path / "README.md").write_text(legacy)
@@ -170,7 +170,7 @@ def test_a_legacy_selection_section_is_replaced_not_kept(selections, tmp_path):
 
 
 def test_a_legacy_carfilter_summary_renders_its_rule():
-    """Summaries stored by car_hf < 0.2 have no "selection" key; the rule comes from their settings."""
+    """Summaries stored by earlier car_hf versions have no "selection" key; the rule comes from their settings."""
     text = model_card(base_model=None, selection_summary={
         "rows_kept": 4, "rows_total": 12, "rows_without_car": 1, "beta": 1.0, "reward_transform": "raise",
         "cutoff": 0.3, "threshold": None, "top_fraction": None, "top_k": 4, "group_by": None,

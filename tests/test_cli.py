@@ -179,3 +179,16 @@ def test_rank_adaptive_scores_whole_instructions_within_the_budget(tmp_path, dat
     assert "stopped (budget)" in printed and "6 of 12 rows" in printed  # 2 whole instructions × 3 generators
     scored = load_from_disk(str(out / "scored"))
     assert len(scored) == 6 and len(set(scored["instruction_id"])) == 2
+
+
+def test_rank_with_a_pool_transform_scores_then_rescales_negative_rewards(tmp_path, hf_cache, tiny_model_dir, capsys):
+    rows = [dict(r, rm=r["judge_preference"] - 0.5) for r in tiny.sample_rows(4, 2)]  # some negative
+    path = tmp_path / "neg.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ranked"
+    assert main(["rank", str(path), "--base-model", str(tiny_model_dir), "--reward-column", "rm",
+                 "--reward-transform", "minmax", "--bootstrap", "0", "--output-dir", str(out)]) == 0
+    table = pd.read_csv(out / "leaderboard.csv")
+    assert json.loads((out / "car_config.json").read_text())["reward_transform"] == "minmax"
+    assert table["reward"].between(0, 1).all()  # rescaled over the pool, so CAR is defined
+    assert "car" not in load_from_disk(str(out / "scored")).column_names  # no per-row CAR under a pool transform

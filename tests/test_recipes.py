@@ -214,8 +214,10 @@ def test_sft_generator_selection_needs_a_generator_column(workdir, tmp_path, no_
     rows = [{k: v for k, v in r.items() if k != "generator"} for r in tiny_model.synthetic_rows(2)]
     data = tmp_path / "no_generator.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script_args, *others = sft_args(workdir, tmp_path, "--dataset_name", str(data), "--select", "generator")
+    script_args.select_value = None  # the tiny config's top_fraction value: generator selection takes none
     with pytest.raises(InputError, match=r"column 'generator' \(generator of each row, needed by select: generator"):
-        sft.main(*sft_args(workdir, tmp_path, "--dataset_name", str(data), "--select", "generator"))
+        sft.main(script_args, *others)
 
 
 def test_sft_selection_keeping_no_row_fails_before_training(workdir, tmp_path, no_model_loading):

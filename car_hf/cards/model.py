@@ -182,9 +182,9 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
-def _drop_legacy_sections(text: str) -> str:
-    """Remove "## CAR data selection" sections outside the markers: car_hf < 0.2 appended them to the card."""
-    return re.sub(rf"^{re.escape(CARD_HEADING)}\n.*?(?=^## |\Z)", "", text, flags=re.MULTILINE | re.DOTALL)
+def _drop_legacy_sections(body: str) -> str:
+    """Remove "## CAR data selection" sections outside the markers: earlier car_hf versions appended them to the card."""
+    return re.sub(rf"^{re.escape(CARD_HEADING)}\n.*?(?=^## |\Z)", "", body, flags=re.MULTILINE | re.DOTALL)
 
 
 def merge_model_card(existing: str, card: ModelCard) -> ModelCard:
@@ -203,19 +203,19 @@ def merge_model_card(existing: str, card: ModelCard) -> ModelCard:
         else:
             metadata[key] = value
     block = card.text[card.text.index(CARD_BEGIN): card.text.index(CARD_END) + len(CARD_END)]
-    text = old.text
-    start, end = text.find(CARD_BEGIN), text.find(CARD_END)
+    body = old.text
+    start, end = body.find(CARD_BEGIN), body.find(CARD_END)
     if start >= 0 and end > start:
-        text = (_drop_legacy_sections(text[:start]) + block
-                + _drop_legacy_sections(text[end + len(CARD_END):]).rstrip("\n") + "\n")
+        body = (_drop_legacy_sections(body[:start]) + block
+                + _drop_legacy_sections(body[end + len(CARD_END):]).rstrip("\n") + "\n")
     else:
-        text = _drop_legacy_sections(text)
-        heading = re.search(r"^## ", text, flags=re.MULTILINE)
+        body = _drop_legacy_sections(body)
+        heading = re.search(r"^## ", body, flags=re.MULTILINE)
         if heading:
-            text = text[: heading.start()] + block + "\n\n" + text[heading.start():]
+            body = body[: heading.start()] + block + "\n\n" + body[heading.start():]
         else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-    return ModelCard(f"---\n{yaml_dump(metadata, sort_keys=False).strip()}\n---\n{text}")
+            body = body.rstrip("\n") + "\n\n" + block + "\n"
+    return ModelCard(f"---\n{yaml_dump(metadata, sort_keys=False).strip()}\n---\n{body}")
 
 
 def write_model_card(

@@ -35,12 +35,14 @@ class Generation:
 
     ``finish_reason`` is ``"stop"`` (the teacher ended its turn) or ``"length"`` (cut at ``max_new_tokens``: the
     response is incomplete); a server may report another reason (``"content_filter"``), kept as it says.
-    ``tokens`` counts the generated tokens, end-of-turn token included (``None``: the server did not say).
+    ``tokens`` counts the generated tokens, end-of-turn token included (``None``: the server did not say);
+    ``token_ids`` are those tokens, when the engine has them (transformers, vLLM; not an HTTP endpoint).
     """
 
     text: str
     finish_reason: str
     tokens: int | None
+    token_ids: tuple[int, ...] | None = None
 
     @property
     def truncated(self) -> bool:
@@ -94,6 +96,6 @@ def finish(new_ids: Sequence[int], stops: Sequence[int], tokenizer: Any) -> Gene
     """The :class:`Generation` of ``new_ids`` (generated ids, possibly padded after a stop token)."""
     stop_set = set(stops)
     end = next((k for k, t in enumerate(new_ids) if t in stop_set), None)
-    kept = list(new_ids[:end]) if end is not None else list(new_ids)
-    text = tokenizer.decode(kept, skip_special_tokens=True)
-    return Generation(text, "stop" if end is not None else "length", len(kept) + (end is not None))
+    generated = tuple(new_ids[: end + 1] if end is not None else new_ids)
+    text = tokenizer.decode(generated[:end] if end is not None else generated, skip_special_tokens=True)
+    return Generation(text, "stop" if end is not None else "length", len(generated), generated)

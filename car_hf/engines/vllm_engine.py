@@ -75,5 +75,6 @@ class VLLMEngine:
             if completion.finish_reason not in ("stop", "length"):
                 raise GenerationError(f"row {row}: vLLM ended the response with finish_reason "
                                       f"{completion.finish_reason!r} (expected 'stop' or 'length')")
-            results.append(Generation(completion.text, completion.finish_reason, len(completion.token_ids)))
+            ids = tuple(completion.token_ids)
+            results.append(Generation(completion.text, completion.finish_reason, len(ids), ids))
         return results

@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Distributed, resumable generation: one teacher's responses to every prompt of a dataset, as a new column.
+
+    python recipes/tiny_model.py   # once, for the tiny CPU config
+    accelerate launch --cpu --num_processes 1 recipes/generate.py --config recipes/configs/generate_tiny_cpu.yaml
+    accelerate launch --multi_gpu --num_processes 8 recipes/generate.py --dataset_name prompts.jsonl \\
+        --teacher Qwen/Qwen2.5-1.5B-Instruct --engine transformers --max_new_tokens 1024 --output_dir runs/gen
+    python recipes/generate.py --dataset_name prompts.jsonl --teacher Qwen/Qwen2.5-7B-Instruct --engine vllm \\
+        --tensor_parallel_size 4 --output_dir runs/gen-vllm                       # vLLM: one process, its own GPUs
+    HF_HUB_OFFLINE=0 python recipes/generate.py --dataset_name prompts.jsonl --teacher my-model \\
+        --base_url http://localhost:8000/v1 --max_concurrency 32 --output_dir runs/gen-server   # any server
+
+Options: :class:`GenerateArguments` (data, output, chunks) and ``car_hf.teacher.TeacherConfig`` (the teacher
+and how it generates), from a YAML config and the command line (``TrlParser``). With the ``transformers``
+engine the prompts are cut into chunks shared out over the ``accelerate launch`` processes
+(``car_hf.distributed``: chunk boundaries do not depend on the number of processes, so under greedy decoding
+N processes give the rows of one, row for row); vLLM and servers bring their own parallelism and run in one
+process. Chunks are saved to the cache (``car_hf.cache``) as they complete: a killed run resumes without
+generating a saved chunk again, and a run with another teacher, option or data generates afresh. The main
+process writes ``output_dir/generated`` (a ``save_to_disk`` folder, rows in the original order, with
+``car_config.json``: the teacher configuration and provenance). ``CAR_HF_FAIL_AFTER_CHUNKS=N`` makes each
+process exit after N chunks (for testing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from car_hf import ConfigError, InputError, ModelLoadError
+from car_hf.errors import GenerationError
+from car_hf.teacher import TeacherConfig
+
+logger = logging.getLogger("car_hf.recipes.generate")
+
+
+@dataclass
+class GenerateArguments:
+    """What to answer and where to write (the generation options are ``TeacherConfig``'s)."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A .json/.jsonl(.gz)/.parquet/.csv file, a save_to_disk folder, or a Hub id."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset or saved DatasetDict."})
+    max_instructions: int | None = field(default=None, metadata={"help": "Keep the first N distinct instructions."})
+    unique_prompts: bool = field(
+        default=False, metadata={"help": "Keep the first row of each distinct prompt (e.g. of a long-layout zoo)."})
+    output_dir: str = field(default="runs/generate", metadata={"help": "generated/ and the generation cache."})
+    overwrite: bool = field(default=False, metadata={"help": "Generate again even what the cache holds."})
+    chunk_rows: int = field(default=256, metadata={"help": "Rows per chunk, the unit saved as it completes."})
+    map_batch_size: int = field(default=64, metadata={"help": "Rows per datasets.map batch (a generation call)."})
+    cpu: bool = field(default=False, metadata={"help": "Generate on CPU even when GPUs are present (gloo backend)."})
+    timeout_minutes: int = field(default=360, metadata={"help": "How long a process may wait for the others."})
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((GenerateArguments, TeacherConfig))
+
+
+def load_prompts(args: GenerateArguments, config: TeacherConfig):
+    """The rows to answer, checked (the prompt column exists) before any model loads."""
+    from car_hf.generate import input_column
+    from car_hf.inputs import load_job_data
+
+    ds = load_job_data(args.dataset_name, split=args.dataset_split, max_instructions=args.max_instructions)
+    column = input_column(ds.column_names, config)
+    if args.unique_prompts:
+        seen: set[str] = set()
+        keys = [json.dumps(value, sort_keys=True) for value in ds[column]]
+        ds = ds.select([i for i, key in enumerate(keys) if not (key in seen or seen.add(key))]).flatten_indices()
+    return ds
+
+
+def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
+    import datasets
+    import torch
+    from accelerate import PartialState
+
+    from car_hf.cache import ScoreCache, scoring_key, write_json_atomic
+    from car_hf.data import save_data
+    from car_hf.distributed import gather_chunks, score_chunks, setup_logging
+    from car_hf.generate import add_responses, resolve_engine
+    from car_hf.inputs import check_data_source, check_model_source
+
+    state = PartialState(cpu=args.cpu or not torch.cuda.is_available(),
+                         timeout=timedelta(minutes=args.timeout_minutes))
+    rank, world = state.process_index, state.num_processes
+    setup_logging(rank, world)
+
+    # 1. Check the options and the data before any model loads (the main process loads first: the others read
+    #    datasets' cache).
+    check_data_source(args.dataset_name)
+    engine = resolve_engine(config)
+    if engine != "openai":
+        check_model_source(config.teacher, "teacher")
+    if engine != "transformers" and world > 1:
+        raise ConfigError(f"engine {engine} brings its own parallelism (vLLM: tensor_parallel_size; a server: "
+                          f"max_concurrency): run recipes/generate.py in one process, not {world}")
+    with state.main_process_first():
+        ds = load_prompts(args, config)
+    datasets.disable_caching()  # the chunks are in car_hf's cache; datasets' copy of each would be a second one
+
+    # 2. Generate this process's chunks into the cache (skipping those a killed or earlier run left there).
+    device = {"teacher_device": str(state.device)} if engine == "transformers" else {}
+    generator = add_responses(config=dataclasses.replace(config, engine=engine, **device))
+    output_dir = Path(args.output_dir)
+    cache = ScoreCache(output_dir / "cache", scoring_key(generator, ds, chunk_rows=args.chunk_rows))
+    if state.is_main_process:
+        if args.overwrite:
+            cache.clear()
+        done = cache.names()
+        logger.info(f"resuming: {len(done)} chunk(s) already in {cache.folder}" if done else cache.describe_miss())
+    state.wait_for_everyone()
+    progress = score_chunks(ds, generator, cache, chunk_rows=args.chunk_rows, rank=rank, world=world,
+                            batch_size=args.map_batch_size)
+    write_json_atomic(output_dir / f"progress-{rank:05d}-of-{world:05d}.json", progress.to_dict())
+    state.wait_for_everyone()
+
+    # 3. The main process assembles every chunk in row order and writes the generated dataset.
+    result = None
+    if state.is_main_process:
+        generated = gather_chunks(cache, len(ds), args.chunk_rows)
+        column = generator.config.generation_column
+        truncated = sum(generated[f"{column}_truncated"])
+        record = generator.record() | {"dataset": args.dataset_name, "n_rows": len(generated), "truncated": truncated,
+                                       "chunk_rows": args.chunk_rows, "world_size": world}
+        result = save_data(generated, str(output_dir / "generated"), record)
+        if truncated:
+            logger.warning("%d of %d responses were cut at max_new_tokens=%d (flagged in %s_truncated)", truncated,
+                           len(generated), generator.config.max_new_tokens, column)
+        logger.info("wrote %d responses of %s to %s", len(generated), generator.config.label, result)
+    state.wait_for_everyone()
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main(*make_parser().parse_args_and_config())
+    except (ConfigError, InputError, ModelLoadError, GenerationError) as error:
+        sys.exit(f"generate.py: error: {error}")
