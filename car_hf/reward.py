@@ -14,13 +14,23 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from . import formats
+from ._version import __version__
 from .batching import model_batches
+from .car import check_rewards
+from .config import CARConfig
+from .errors import ConfigError, InputError
 from .formats import Example, Rendered
-from .transform import ModelTransform
+from .transform import ModelTransform, row_names, split_map_args
 
 DEFAULT_REWARD_MODEL = "Skywork/Skywork-Reward-V2-Qwen3-0.6B"
 """A small, strong open reward model (0.6B, Bradley-Terry head, one output), used when no reward
@@ -80,8 +90,11 @@ class RewardScorer(ModelTransform):
         return {"reward": scores, "reward_truncated": [r.truncated for r in rendered]}
 
 
-def add_reward(model: Any = DEFAULT_REWARD_MODEL, **options: Any) -> RewardScorer:
+def add_reward(model: Any = DEFAULT_REWARD_MODEL, **options: Any) -> RewardScorer | RewardFunctionScorer:
     """A ``Dataset.map(fn, batched=True)`` transform adding each response's reward-model score.
+
+    ``model`` may also be a reward *function* in TRL's ``reward_funcs`` convention (see
+    :class:`RewardFunctionScorer`), e.g. a correctness check against a reference column.
 
     Args:
         model: a Hub id, local folder, or loaded ``(model, tokenizer)`` of a sequence classifier with
@@ -99,4 +112,92 @@ def add_reward(model: Any = DEFAULT_REWARD_MODEL, **options: Any) -> RewardScore
         >>> ds = Dataset.from_list([{"instruction": "Say hi.", "response": "Hi!"}])
         >>> ds.map(add_reward("Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"), batched=True)  # doctest: +SKIP
     """
+    if is_reward_function(model):
+        return RewardFunctionScorer(model, **options)
     return RewardScorer(model, **options)
+
+
+def is_reward_function(reward: Any) -> bool:
+    """A callable that is not a model: a plain function or a callable object (not a loaded (model, tokenizer))."""
+    return callable(reward) and not isinstance(reward, (tuple, torch.nn.Module))
+
+
+class RewardFunctionScorer:
+    """``Dataset.map(..., batched=True)`` transform adding ``reward`` from a reward *function*.
+
+    The function follows TRL's ``reward_funcs`` convention (as in ``GRPOTrainer``): called with keyword
+    arguments ``prompts`` and ``completions`` (strings, or message lists for conversational data) and every
+    other column of the batch, it returns one float per row (``None``: no reward for that row, NaN). Built by
+    :func:`add_reward` when given a callable. Empty responses get NaN under the default ``empty_response``
+    policy, without calling the function. It pickles and hashes as the function (by its code), and its cache
+    identity is the function's qualified name and a hash of its source.
+    """
+
+    def __init__(self, function: Callable[..., Sequence[Any]], *, config: CARConfig | None = None, **options: Any):
+        if not callable(function):
+            raise ConfigError(f"a reward function must be callable, got {type(function).__name__}")
+        self.function = function
+        self.config = CARConfig.from_kwargs(config, **options)
+
+    def __reduce__(self):
+        return (_rebuild_function_scorer, (self.function, self.config, __version__))
+
+    @property
+    def spec(self) -> Callable[..., Sequence[Any]]:
+        return self.function
+
+    @property
+    def name(self) -> str:
+        target = self.function if inspect.isfunction(self.function) else type(self.function)
+        return f"{target.__module__}.{target.__qualname__}"
+
+    def describe(self) -> dict[str, Any]:
+        """What a card records: the function's qualified name."""
+        return {"id": f"function:{self.name}", "revision": None}
+
+    def cache_identity(self) -> dict[str, Any]:
+        target = self.function if inspect.isfunction(self.function) else type(self.function)
+        try:
+            source = inspect.getsource(target)
+        except (OSError, TypeError):  # defined interactively: its code object stands in
+            source = repr(getattr(target, "__code__", target))
+        state = "" if inspect.isfunction(self.function) else json.dumps(vars(self.function), default=str,
+                                                                         sort_keys=True)
+        digest = hashlib.blake2b((source + state).encode(), digest_size=8).hexdigest()
+        return {"transform": "RewardFunctionScorer", "function": self.name, "source": digest,
+                "config": self.config.cache_key()}
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
+        indices, _ = split_map_args(args)
+        config = self.config
+        layout = formats.detect_layout(list(batch.keys()), messages=config.messages_column,
+                                       prompt=config.prompt_column, response=config.response_column)
+        names = row_names(batch, indices)
+        prompts, completions, todo = [], [], []
+        for i, row in enumerate(names):
+            example = formats.row_example(batch, i, layout, row)
+            if formats.is_empty(example.response) and config.empty_response != "score":
+                if config.empty_response == "raise":
+                    raise InputError(f"row {row}, column {layout.response!r}: the response is empty")
+                continue
+            raw_prompt = batch[layout.prompt][i] if layout.prompt else None
+            conversational = not isinstance(raw_prompt, str)
+            prompts.append(example.prompt if conversational else raw_prompt)
+            completions.append([{"role": "assistant", "content": example.response}] if conversational
+                               else example.response)
+            todo.append(i)
+        rewards = [math.nan] * len(names)
+        if todo:
+            used = {layout.prompt, layout.response}
+            others = {k: [v[i] for i in todo] for k, v in batch.items() if k not in used}
+            values = self.function(prompts=prompts, completions=completions, **others)
+            if values is None or len(values) != len(todo):
+                raise InputError(f"reward function {self.name} returned {0 if values is None else len(values)} "
+                                 f"values for {len(todo)} rows; it must return one per completion")
+            for i, value in zip(todo, values):
+                rewards[i] = check_rewards([value], [names[i]], f"reward function {self.name}")[0]
+        return {"reward": rewards}
+
+
+def _rebuild_function_scorer(function: Callable[..., Sequence[Any]], config: CARConfig, version: str):
+    return RewardFunctionScorer(function, config=config)

@@ -29,7 +29,7 @@ class CARScorer:
     def __init__(self, base_model: Any = None, *, reward_model: Any = None, config: CARConfig | None = None,
                  per_row_car: bool = True, **options: Any):
         from .loss import BaseLossScorer
-        from .reward import RewardScorer
+        from .reward import RewardFunctionScorer, RewardScorer, add_reward
 
         # Model specs given as strings are configuration; objects (loaded pairs, references) are passed through.
         for name, value in (("base_model", base_model), ("reward_model", reward_model)):
@@ -50,24 +50,28 @@ class CARScorer:
         self.loss = BaseLossScorer(base, config=self.config)
         reward = reward_model if reward_model is not None and not isinstance(reward_model, (str, os.PathLike)) \
             else self.config.reward_model
-        self.reward = RewardScorer(reward, config=self.config) if reward is not None else None
+        self.reward = None
+        if isinstance(reward, (RewardScorer, RewardFunctionScorer)):
+            self.reward = reward
+        elif reward is not None:
+            self.reward = add_reward(reward, config=self.config)  # a model, or a reward function
 
     @property
     def beta(self) -> float:
         return self.config.beta
 
     def __reduce__(self):
-        reward = self.reward.model if self.reward is not None else None
+        reward = self.reward.spec if self.reward is not None else None
         return (_rebuild_car, (self.loss.model, reward, self.config, self.per_row_car, __version__))
 
     def __repr__(self) -> str:
-        source = self.reward.model if self.reward is not None else repr(self.config.reward_column or "reward")
+        source = self.reward.spec if self.reward is not None else repr(self.config.reward_column or "reward")
         return f"CARScorer(base={self.loss.model!r}, reward={source}, beta={self.config.beta})"
 
     def cache_identity(self) -> dict[str, Any]:
         """What the scores depend on, for :func:`car_hf.cache.scoring_key`: model fingerprints and the config."""
         return {"transform": "CARScorer", "base_model": self.loss.model.fingerprint,
-                "reward_model": self.reward.model.fingerprint if self.reward is not None else None,
+                "reward": self.reward.cache_identity() if self.reward is not None else None,
                 "config": self.config.cache_key(), "per_row_car": self.per_row_car, **self.loss.extra_options()}
 
     def scoring_config(self) -> dict[str, Any]:
@@ -76,7 +80,7 @@ class CARScorer:
         base = self.loss.model.describe()
         record = self.config.record() | {"base_model": base.get("id"), "base_model_revision": base.get("revision")}
         if self.reward is not None:
-            described = self.reward.model.describe()
+            described = self.reward.describe()
             record |= {"reward_model": described.get("id"), "reward_model_revision": described.get("revision")}
         else:
             record |= {"reward_model": None, "reward_column": self.config.reward_column or "reward"}

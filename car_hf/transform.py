@@ -139,6 +139,15 @@ class ModelTransform:
         """Subclass options that are not scoring configuration but belong in the recipe."""
         return {}
 
+    @property
+    def spec(self) -> ModelRef:
+        """What rebuilds this transform's model elsewhere (what a combined scorer pickles)."""
+        return self.model
+
+    def describe(self) -> dict[str, Any]:
+        """What a card records about the model: ``{"id", "revision", ...}``."""
+        return self.model.describe()
+
     def cache_identity(self) -> dict[str, Any]:
         """What this transform's values depend on, for :func:`car_hf.cache.scoring_key`."""
         return {"transform": type(self).__name__, "model": self.model.fingerprint, "config": self.config.cache_key(),
