@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -115,6 +115,7 @@ def rank_adaptive(
     num_proc: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     config: Mapping[str, Any] | None = None,
+    teachers: Sequence[Any] | None = None,
 ) -> AdaptiveResult:
     """Rank generators while scoring as few rows as the requested confidence allows.
 
@@ -144,11 +145,22 @@ def rank_adaptive(
         checkpoint: a folder; each round's scored rows are saved there (``save_to_disk``) and a later call with
             the same dataset, scorer, instruction column and seed resumes from them, scoring no row twice.
         config: extra entries for ``table.attrs["car"]`` (default: ``scorer.scoring_config()`` when present).
+        teachers: candidate teachers instead of existing responses: ``dataset`` holds instructions only, and the
+            teachers answer them round by round, as few as the rule needs (:func:`car_hf.trial.rank_teachers`;
+            ``max_examples`` then budgets the responses generated).
 
     Returns:
-        :class:`AdaptiveResult`.
+        :class:`AdaptiveResult` (:class:`~car_hf.trial.TrialResult` with ``teachers``).
     """
     import datasets
+
+    if teachers is not None:
+        from .trial import rank_teachers
+
+        return rank_teachers(dataset, teachers, scorer, target=target, confidence=confidence, correction=correction,
+                             max_responses=max_examples, min_instructions=min_instructions, round_size=round_size,
+                             round_growth=round_growth, n_bootstrap=n_bootstrap, seed=seed, checkpoint=checkpoint,
+                             batch_size=batch_size, config=dict(config) if config else None)
 
     if isinstance(dataset, pd.DataFrame):
         dataset = datasets.Dataset.from_pandas(dataset, preserve_index=False)

@@ -191,6 +191,57 @@ def stop_decision(
                         p_top, level, pairs, n_instructions, note)
 
 
+@dataclass
+class Elimination:
+    """What :func:`eliminate` concluded on the instructions every active generator has answered."""
+
+    leader: Any
+    eliminated: list[dict[str, Any]]  # {"generator", "p_leader_wins"}: decided not to be the best
+    p_leader_wins: dict[Any, float]  # against each other active generator
+    n_instructions: int
+
+
+def eliminate(
+    cells: Cells,
+    active: Sequence[Any],
+    *,
+    beta: float,
+    level: float,
+    min_instructions: int = DEFAULT_MIN_INSTRUCTIONS,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    seed: int = 0,
+) -> Elimination:
+    """Successive elimination for best-arm identification: which active generators are out of contention?
+
+    On the instructions that every ``active`` generator has answered (those answered since the last elimination
+    include them all: comparisons stay paired), the leader is the active generator with the highest point CAR;
+    every other active generator that the leader beats with paired-bootstrap probability >= ``level`` is
+    eliminated (it cannot be the best at that confidence), and nothing more needs to be generated for it. Before
+    ``min_instructions`` common instructions nobody is eliminated. ``level`` is :func:`decision_level` over the
+    ``G - 1`` comparisons the winner must win (Bonferroni), as in :func:`stop_decision`.
+
+    Example:
+        >>> scores = {"generator": ["a", "b", "c"] * 25, "instruction_id": [i for i in range(25) for _ in "abc"],
+        ...           "reward": [0.9, 0.2, 0.88] * 25, "base_loss": [2.0, 2.0, 2.0] * 25}
+        >>> out = eliminate(instruction_cells(scores), ["a", "b", "c"], beta=1.0, level=0.975, n_bootstrap=200)
+        >>> out.leader, [e["generator"] for e in out.eliminated]
+        ('a', ['b', 'c'])
+    """
+    index = {g: k for k, g in enumerate(cells.groups)}
+    rows = np.array([index[g] for g in active], dtype=int)
+    common = np.flatnonzero((cells.count[rows] > 0).all(axis=0))
+    sub = subset_cells(Cells([cells.groups[r] for r in rows], cells.reward[rows], cells.loss[rows],
+                             cells.count[rows]), common)
+    car = point_car(sub, beta) if common.size else np.full(len(rows), np.nan)
+    lead = int(np.argmax(np.where(np.isnan(car), -np.inf, car)))
+    if common.size < max(min_instructions, 1) or len(rows) < 2:
+        return Elimination(sub.groups[lead], [], {}, int(common.size))
+    wins = pairwise_win_probability(bootstrap_car(sub, beta, n_bootstrap, seed)[0])
+    p = {sub.groups[k]: float(wins[lead, k]) for k in range(len(rows)) if k != lead}
+    out = [{"generator": g, "p_leader_wins": v} for g, v in p.items() if v >= level]
+    return Elimination(sub.groups[lead], out, p, int(common.size))
+
+
 def instruction_order(n_instructions: int, seed: int) -> np.ndarray:
     """The scoring order: a permutation of the instructions (numbered by first appearance) fixed by ``seed``."""
     return np.random.default_rng(seed).permutation(n_instructions)
