@@ -99,8 +99,8 @@ def compatibility_adjusted_reward(rewards: Sequence[float], losses: Sequence[flo
     if not keep.any():
         raise ValueError("no row has both a finite reward and a finite loss")
     mean_r = float(r[keep].mean())
-    if mean_r <= 0:
-        raise ValueError(f"the mean reward is {mean_r:.4g} <= 0: CAR needs positive rewards (see transform_rewards)")
+    if mean_r < 0:
+        raise ValueError(f"the mean reward is {mean_r:.4g} < 0: CAR needs rewards >= 0 (see transform_rewards)")
     return float(mean_r / (1.0 + beta * loss[keep].mean()))
 
 def check_rewards(values: Sequence[Any], names: Sequence[Any], column: str) -> list[float]:

@@ -152,9 +152,9 @@ def rank_generators(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_reward = cells.reward.sum(axis=1) / counts
         mean_loss = cells.loss.sum(axis=1) / counts
-    if np.any(mean_reward[counts > 0] <= 0):
+    if np.any(mean_reward[counts > 0] < 0):  # zero is a real result (every answer wrong): CAR 0
         worst = cells.groups[int(np.nanargmin(mean_reward))]
-        raise ValueError(f"generator {worst!r} has mean reward <= 0: CAR needs positive rewards (see transform_rewards)")
+        raise ValueError(f"generator {worst!r} has a negative mean reward: CAR needs rewards >= 0 (see transform_rewards)")
     car = mean_reward / (1.0 + beta * mean_loss)
     table = pd.DataFrame({
         by: cells.groups,

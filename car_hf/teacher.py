@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ class TeacherConfig:
         if self.chat_template is not None and (self.engine == "openai" or self.base_url):
             raise ConfigError("chat_template does not apply to an endpoint: the server applies its own (vLLM: "
                               "`vllm serve MODEL --chat-template FILE`; llama.cpp: `--chat-template-file FILE`)")
-        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+        if self.api_key_env is not None and _looks_like_a_token(self.api_key_env):
             raise ConfigError("api_key_env is the NAME of an environment variable holding the token (e.g. HF_TOKEN), "
                               "not the token itself")
         if self.chat_template is not None and "{" not in self.chat_template \
@@ -199,6 +200,12 @@ class TeacherConfig:
         key["chat_template"] = self.template_text()
         key["teacher_device"] = None if self.teacher_device is None else self.teacher_device.split(":")[0]
         return key
+
+
+def _looks_like_a_token(name: str) -> bool:
+    """Not an environment variable name (HF_TOKEN, OPENAI_API_KEY), but a token pasted in its place."""
+    mixed = any(c.islower() for c in name) and any(c.isupper() for c in name) and any(c.isdigit() for c in name)
+    return not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name) or name.startswith("hf_") or (len(name) > 24 and mixed)
 
 
 def api_key(config: TeacherConfig) -> str | None:

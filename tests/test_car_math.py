@@ -17,9 +17,12 @@ def test_dataset_level_car_is_mean_reward_over_one_plus_beta_mean_loss():
     assert compatibility_adjusted_reward([0.2, math.nan, 0.6], [1.0, 5.0, 2.0], 1.0) == pytest.approx(0.4 / 2.5)
 
 
-def test_dataset_level_car_refuses_non_positive_mean_reward():
+def test_dataset_level_car_refuses_a_negative_mean_reward_and_allows_zero():
     with pytest.raises(ValueError, match="mean reward"):
         compatibility_adjusted_reward([-0.5, 0.2], [1.0, 1.0], beta=1.0)
+    assert compatibility_adjusted_reward([0.0, 0.0], [1.0, 3.0], beta=1.0) == 0.0  # every answer wrong: CAR 0
+    table = rank_generators({"generator": ["a", "b"], "reward": [0.0, 0.5], "base_loss": [1.0, 1.0]}, n_bootstrap=0)
+    assert table.set_index("generator")["car"].to_dict() == {"b": 0.25, "a": 0.0}
 
 
 def test_negative_rewards_raise_by_default_naming_rows_and_alternatives():
