@@ -77,7 +77,9 @@ class CARConfig:
     reward_model: str | None = field(
         default=None,
         metadata={"help": "Reward model scoring the responses: a sequence classifier with one output (Hub id or "
-                          "folder). Default: an existing 'reward' column, else Skywork/Skywork-Reward-V2-Qwen3-0.6B."},
+                          "folder), or a reward function by import path, module:function (TRL's reward_funcs "
+                          "convention; e.g. car_hf.tasks:AnswerReward). Default: an existing 'reward' column, else "
+                          "Skywork/Skywork-Reward-V2-Qwen3-0.6B."},
     )
     reward_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the reward model."})
     reward_column: str | None = field(

@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -112,9 +113,30 @@ def add_reward(model: Any = DEFAULT_REWARD_MODEL, **options: Any) -> RewardScore
         >>> ds = Dataset.from_list([{"instruction": "Say hi.", "response": "Hi!"}])
         >>> ds.map(add_reward("Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"), batched=True)  # doctest: +SKIP
     """
+    if isinstance(model, str) and FUNCTION_SPEC.fullmatch(model):
+        model = import_reward_function(model)
     if is_reward_function(model):
         return RewardFunctionScorer(model, **options)
     return RewardScorer(model, **options)
+
+
+FUNCTION_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+"""``module:function`` (or ``module:Class``, instantiated without arguments): a reward function by import path,
+as the CLI and YAML configs name one, e.g. ``car_hf.tasks:AnswerReward``."""
+
+
+def import_reward_function(spec: str) -> Callable[..., Sequence[Any]]:
+    """The reward function an import path names; a class is instantiated with no arguments."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"reward function {spec!r} cannot be imported: {error}") from None
+    return target() if isinstance(target, type) else target
 
 
 def is_reward_function(reward: Any) -> bool:

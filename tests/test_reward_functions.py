@@ -59,3 +59,15 @@ def test_the_cache_key_follows_the_function_source():
     assert key == scoring_key(RewardFunctionScorer(exact), ds)
     assert key != scoring_key(RewardFunctionScorer(conversational_length), ds)
     assert key["scorer"]["function"] == "test_reward_functions.exact"
+
+
+def test_a_reward_function_by_import_path(tmp_path):
+    from car_hf import ConfigError
+
+    ds = Dataset.from_list([{"instruction": "2+2?", "output": "Answer: 4", "answer": "4"},
+                            {"instruction": "3+3?", "output": "5", "answer": "6"}])
+    scorer = add_reward("car_hf.tasks:AnswerReward")  # a class: instantiated with no arguments
+    assert ds.map(scorer, batched=True)["reward"][:] == [1.0, 0.0]
+    assert scorer.describe()["id"] == "function:car_hf.tasks.AnswerReward"
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        add_reward("car_hf.tasks:NoSuchReward")
