@@ -157,7 +157,8 @@ def rank_adaptive(
     if teachers is not None:
         from .trial import rank_teachers
 
-        return rank_teachers(dataset, teachers, scorer, target=target, confidence=confidence, correction=correction,
+        return rank_teachers(dataset, teachers, scorer, target=target, beta=beta, confidence=confidence,
+                             reward_transform=reward_transform, correction=correction,
                              max_responses=max_examples, min_instructions=min_instructions, round_size=round_size,
                              round_growth=round_growth, n_bootstrap=n_bootstrap, seed=seed, checkpoint=checkpoint,
                              batch_size=batch_size, config=dict(config) if config else None)

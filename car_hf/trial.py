@@ -152,6 +152,8 @@ def rank_teachers(
     scorer: Any,
     *,
     target: str = "top1",
+    beta: float | None = None,
+    reward_transform: str | None = None,
     confidence: float = 0.95,
     correction: str = "bonferroni",
     max_responses: int | None = None,
@@ -175,7 +177,8 @@ def rank_teachers(
         scorer: ``add_car(...)`` for the student (reward model or reward function, base model); it reads the
             instruction and the generated ``response`` column.
         target, confidence, correction, min_instructions, round_size, round_growth, n_bootstrap, seed: the rule
-            and the schedule, as in :func:`car_hf.adaptive.rank_adaptive`.
+            and the schedule, as in :func:`car_hf.adaptive.rank_adaptive`; ``beta`` and ``reward_transform``
+            default to the scorer's.
         max_responses: generation budget (responses, all teachers together).
         checkpoint: folder of the score cache; a rerun resumes from it.
         config: extra entries recorded in ``table.attrs["car"]``.
@@ -185,8 +188,9 @@ def rank_teachers(
     generators = _generators(teachers, generation)
     labels = [_label(g) for g in generators]
     scorer = _reading_responses(scorer, instructions.column_names, generators[0])
-    scoring = getattr(scorer, "config", None)  # a car_hf scorer's beta and transform; 1.0 / "raise" otherwise
-    beta, transform = (scoring.beta, scoring.reward_transform) if scoring is not None else (1.0, "raise")
+    scoring = getattr(scorer, "config", None)  # by default the car_hf scorer's beta and transform
+    beta = beta if beta is not None else scoring.beta if scoring is not None else 1.0
+    transform = reward_transform or (scoring.reward_transform if scoring is not None else "raise")
     if len(instructions) == 0:
         raise ConfigError("there are no instructions to try the teachers on")
     if ID not in instructions.column_names:

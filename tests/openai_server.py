@@ -16,7 +16,8 @@ A failure is an HTTP status (``"500"``, ``"503"``, ``"429"``: with ``Retry-After
 JSON). Error bodies quote the request's ``Authorization`` header, as a careless proxy would, so a test can
 check that the client never surfaces it.
 
-Every request is recorded (:attr:`OpenAIServer.requests`: path, headers, JSON body). With ``token`` set,
+Every request is recorded (:attr:`OpenAIServer.requests`: path, headers with lower-case names, JSON body);
+answers take ``server.latency`` seconds (0 by default; more, to see concurrent requests). With ``token`` set,
 requests without ``Authorization: Bearer <token>`` get a 401.
 
 Usage::
@@ -72,6 +73,7 @@ class OpenAIServer:
         self.fail_if: Callable[[dict[str, Any]], str | None] | None = None
         self.retry_after = 0.01
         self.delay = 1.0
+        self.latency = 0.0
         self.requests: list[dict[str, Any]] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -143,7 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         auth = self.headers.get("Authorization")
         with double._lock:
-            double.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            headers = {key.lower(): value for key, value in self.headers.items()}
+            double.requests.append({"path": self.path, "headers": headers, "body": body})
             double._in_flight += 1
             double.max_in_flight = max(double.max_in_flight, double._in_flight)
         try:
@@ -166,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"Retry-After": str(double.retry_after)} if failure == "429" else {}
             message = {"error": f"injected failure {failure} for request with Authorization: {auth}"}
             return self._send(int(failure), json.dumps(message).encode(), headers)
+        time.sleep(min(double.latency, MAX_DELAY))
         text, reason, tokens = double.responder(body["messages"], int(body.get("max_tokens") or 16))
         answer = {
             "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),

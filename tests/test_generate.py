@@ -39,15 +39,16 @@ def stopping_lm(tokenizer):
     return model
 
 
-def one_at_a_time(model, tokenizer, prompts, max_new_tokens):
-    """Reference: each prompt alone through model.generate, no padding, cut at the first stop token."""
+@pytest.fixture(scope="module")
+def expected(tokenizer, stopping_lm):
+    """Reference: each of QUESTIONS alone through model.generate (12 new tokens), no padding, cut at a stop token."""
     stops = [2, END]
     out = []
-    for prompt in prompts:
+    for prompt in QUESTIONS:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             tokenize=True)["input_ids"]
-        new = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=0)
+        new = stopping_lm.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                   max_new_tokens=12, do_sample=False, eos_token_id=stops, pad_token_id=0)
         out.append(tuple(finish(new[0, len(ids):].tolist(), stops, tokenizer).token_ids))
     return out
 
@@ -94,13 +95,12 @@ def test_cache_key_follows_what_changes_the_text():
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def test_map_adds_responses_and_provenance_keeping_every_row_in_order(tokenizer, stopping_lm):
+def test_map_adds_responses_and_provenance_keeping_every_row_in_order(tokenizer, stopping_lm, expected):
     rows = [{"id": i, "instruction": q} for i, q in enumerate(QUESTIONS)]
     generator = add_responses((stopping_lm, tokenizer), max_new_tokens=12, teacher_name="tiny-teacher",
                               generation_column="answer")
     out = Dataset.from_list(rows).map(generator, batched=True, batch_size=3, with_indices=True)
     assert out["id"] == list(range(5)) and out["instruction"] == QUESTIONS
-    expected = one_at_a_time(stopping_lm, tokenizer, QUESTIONS, 12)
     assert out["answer_tokens"] == [len(ids) for ids in expected]
     assert out["answer_finish_reason"] == ["stop" if ids[-1] == END else "length" for ids in expected]
     assert "stop" in out["answer_finish_reason"] and "length" in out["answer_finish_reason"]
@@ -114,9 +114,8 @@ def test_map_adds_responses_and_provenance_keeping_every_row_in_order(tokenizer,
         "car_hf_version": provenance["car_hf_version"]}
 
 
-def test_batched_greedy_equals_one_at_a_time_token_for_token(tokenizer, stopping_lm):
+def test_batched_greedy_equals_one_at_a_time_token_for_token(tokenizer, stopping_lm, expected):
     """Left padding + mask: generate's position ids (mask cumsum) give each row the positions it has alone."""
-    expected = one_at_a_time(stopping_lm, tokenizer, QUESTIONS, 12)
     batched = add_responses((stopping_lm, tokenizer), max_new_tokens=12)
     alone = add_responses((stopping_lm, tokenizer), max_new_tokens=12, generation_batch_tokens=1)
     engine = batched.engine()
@@ -171,16 +170,16 @@ def test_max_new_tokens_cut_is_flagged(tokenizer, causal_lm):
 
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("value,message", [
-    ("   ", r"row 7, column 'messages': the prompt is empty"),
-    (None, r"row 7, column 'messages': the prompt is None"),
+    ("   ", r"row 7, column 'prompt': the prompt is empty"),
+    (None, r"row 7, column 'prompt': the prompt is None"),
     ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
-     r"row 7, column 'messages': the conversation ends with an assistant turn.*messages\[:-1\]"),
-    ([{"role": "user", "content": ""}], "row 7, column 'messages': the prompt is empty"),
+     r"row 7, column 'prompt': the conversation ends with an assistant turn.*messages\[:-1\]"),
+    ([{"role": "user", "content": ""}], "row 7, column 'prompt': the prompt is empty"),
     ([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}], "its own system turn"),
 ])
 def test_bad_rows_name_the_dataset_row_and_column(tokenizer, causal_lm, value, message):
-    good = [{"role": "user", "content": "Hi"}]
-    ds = Dataset.from_dict({"messages": [good] * 7 + [value] if value is not None else [good] * 7 + [None]})
+    good = [{"role": "user", "content": "Hi"}] if isinstance(value, list) else "Hi"
+    ds = Dataset.from_dict({"prompt": [good] * 7 + [value]})
     generator = add_responses((causal_lm, tokenizer), max_new_tokens=2, system_prompt="Be brief.")
     with pytest.raises(InputError, match=message):
         ds.map(generator, batched=True, batch_size=4, with_indices=True)

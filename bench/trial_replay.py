@@ -1,0 +1,124 @@
+"""Replay teacher trials (``car_hf.trial.rank_teachers``) on the AlpacaEval zoo: how often do they find the
+exhaustive top-1, and how many responses do they generate?
+
+The zoo's generators stand in for candidate teachers: "generating" a response reads the cached one, with its
+judge preference as reward and its SmolLM2-135M-Instruct loss (``bench/adaptive_replay.py score`` computes
+and caches those; the replay uses as many instructions as are cached). Each replay runs the real
+``rank_teachers`` — the same order, rounds, elimination rule and bootstrap — with a shuffling seed, and is
+compared with the exhaustive ranking (CAR over every cached instruction). Writes ``bench/TRIAL.md``.
+
+    python bench/adaptive_replay.py score --instructions 805    # once, in the background (hours on 2 CPU cores)
+    python bench/trial_replay.py --replays 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+from adaptive_replay import CHUNK, REFERENCE, chunk_path  # noqa: E402 - the cached scores of the SmolLM2 replay
+
+from car_hf.trial import rank_teachers  # noqa: E402
+
+OUT = ROOT / "TRIAL.md"
+
+
+class CachedTeacher:
+    """A zoo generator as a teacher: its "response" to an instruction is the cached row's id."""
+
+    def __init__(self, name: str, frame: pd.DataFrame):
+        self.name = name
+        self.rows = frame[frame["generator"] == name].set_index("instruction_id")
+
+    def __call__(self, batch, indices):
+        picked = self.rows.loc[list(batch["instruction_id"])]
+        return {"response": [self.name] * len(indices), "cached_reward": picked["reward"].tolist(),
+                "cached_loss": picked["base_loss"].tolist()}
+
+
+def cached_scorer(batch, indices):
+    """The scores the zoo row already has: judge preference and SmolLM2 loss."""
+    return {"reward": list(batch["cached_reward"]), "base_loss": list(batch["cached_loss"])}
+
+
+def cached_instructions(max_length: int) -> pd.DataFrame:
+    parts, start = [], 0
+    while chunk_path(max_length, start).exists():
+        parts.append(pd.read_parquet(chunk_path(max_length, start)))
+        start += CHUNK
+    if not parts:
+        raise SystemExit("no cached scores: run `python bench/adaptive_replay.py score --instructions 805` first")
+    frame = pd.concat(parts, ignore_index=True)
+    return frame[frame["generator"] != REFERENCE].reset_index(drop=True)
+
+
+def main(argv=None) -> None:
+    import datasets
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--replays", type=int, default=200)
+    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--write", action="store_true", help="write bench/TRIAL.md")
+    args = parser.parse_args(argv)
+    datasets.disable_progress_bars()
+    datasets.disable_caching()
+
+    frame = cached_instructions(args.max_length)
+    n = frame["instruction_id"].nunique()
+    means = frame.groupby("generator")[["reward", "base_loss"]].mean()
+    exhaustive = (means["reward"] / (1 + args.beta * means["base_loss"])).sort_values(ascending=False)
+    teachers = [CachedTeacher(g, frame) for g in sorted(frame["generator"].unique())]
+    instructions = datasets.Dataset.from_dict({"instruction_id": sorted(frame["instruction_id"].unique())})
+
+    started, rows = time.perf_counter(), []
+    for seed in range(args.replays):
+        result = rank_teachers(instructions, teachers, cached_scorer, beta=args.beta, confidence=args.confidence,
+                               seed=seed, n_bootstrap=1000)
+        rows.append({"seed": seed, "found": result.table["generator"].iloc[0] == exhaustive.index[0],
+                     "share": result.responses_generated / result.responses_exhaustive,
+                     "instructions": result.n_instructions, "stopped": result.stopped_because})
+        print(f"replay {seed}: {rows[-1]}", flush=True)
+    table = pd.DataFrame(rows)
+    lines = [
+        "# Teacher trials replayed on the AlpacaEval zoo",
+        "",
+        f"`python bench/trial_replay.py --replays {args.replays}` on {platform.processor() or platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s. {len(teachers)} teachers (the zoo's "
+        f"generators but the judge's reference), the first {n} instructions cached by `bench/adaptive_replay.py "
+        f"score` (judge preference as reward, SmolLM2-135M-Instruct loss, 512 tokens), beta = {args.beta}, target "
+        f"top1 at confidence {args.confidence} (Bonferroni), default schedule.",
+        "",
+        "Exhaustive CAR ranking (every cached instruction, every teacher):",
+        "",
+        exhaustive.rename("car").to_frame().to_markdown(floatfmt=".4f"),
+        "",
+        "| replays | exhaustive top-1 found | responses generated, mean (p90) | instructions drawn, mean | stops |",
+        "|---|---|---|---|---|",
+        f"| {len(table)} | {100 * table['found'].mean():.1f}% | {100 * table['share'].mean():.1f}% "
+        f"({100 * table['share'].quantile(0.9):.1f}%) | {table['instructions'].mean():.0f} of {n} | "
+        f"{ {k: int(v) for k, v in table['stopped'].value_counts().items()} } |",
+    ]
+    print("\n".join(lines))
+    if args.write:
+        OUT.write_text("\n".join(lines) + "\n")
+        print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
