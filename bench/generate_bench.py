@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=None, help="distinct instructions (default 32; quick 6)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128; quick 32")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3; quick 1)")
-    parser.add_argument("--batch-tokens", default="32768", help="car_hf generation_batch_tokens, comma-separated "
+    parser.add_argument("--batch-tokens", default="16384", help="car_hf generation_batch_tokens, comma-separated "
                                                                  "(capped on CPU by CPU_GENERATION_TOKENS)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine a second "
+                                                                   "thread can make each step 10x slower)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     n = args.prompts or (6 if args.quick else 32)

@@ -254,6 +254,13 @@ class ResponseGenerator:
         }
 
 
+def clear_engine_cache() -> None:
+    """Forget this process's engines (a vLLM engine holds its GPUs until then) and kept responses."""
+    with _LOCK:
+        _ENGINES.clear()
+        _KEPT.clear()
+
+
 def teacher_name(model: ModelRef) -> str:
     """A loaded teacher's name: the ``name_or_path`` it was loaded from, else its fingerprint."""
     live = _LIVE.get(model.fingerprint)

@@ -9,6 +9,10 @@ hidden states whose *next* token is a response token, and applies the LM head on
 [rows, vocabulary block] fp32 logits with an online log-sum-exp, so memory stays under ``logits_mb``
 whatever the vocabulary (Gemma-3's 262k vocabulary makes full logits of one 2k-token example 2 GB).
 
+The same tiles give ``base_rank``, the mean over response tokens of the target token's rank among the vocabulary
+(1 + the number of logits strictly above the target's, clipped at :data:`RANK_CLIP`): the numerator of the
+rank-surprisal ratio (RSR, arXiv 2601.14249; :func:`~car_hf.rank_generators` adds the per-generator ``rsr``).
+
 Example:
     >>> from datasets import Dataset
     >>> from car_hf import add_base_loss
@@ -38,6 +42,14 @@ _HEAD_CHECKED: set[int] = set()
 # 64 MB instead of 256 MB, whatever the vocabulary size.
 _HEAD_ROWS = 2048
 _VOCAB_BLOCK = 8192
+# Per-token ranks are clipped here before averaging (the RSR paper's cap: a rank beyond it is "not predicted").
+RANK_CLIP = 100
+
+
+def _softcap(model: Any, logits: torch.Tensor) -> torch.Tensor:
+    """The model's own logit post-processing (Gemma-2/3 tanh softcapping), in place, in the head's dtype."""
+    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return logits if softcap is None else logits.div_(softcap).tanh_().mul_(softcap)
 
 
 def _logit_tiles(
@@ -45,33 +57,40 @@ def _logit_tiles(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(vocab offset, fp32 logits [rows, <= block])`` of the LM head on ``hidden`` [rows, H], block by block.
 
-    The model's own logit post-processing (Gemma-2/3 tanh softcapping) is applied in the head's dtype, as the
-    model does. A plain ``nn.Linear`` head is sliced by vocabulary block (an fp32 bias-free one writes into
-    ``buffer``: no allocation, no page faults per tile); any other head module (an adapter on the head, say) runs
-    whole and its logits are cut into blocks. Tiles may be modified in place by the caller.
+    The model's own logit post-processing (:func:`_softcap`) is applied in the head's dtype, as the model does. A
+    plain ``nn.Linear`` head is sliced by vocabulary block (an fp32 bias-free one writes into ``buffer``: no
+    allocation, no page faults per tile); any other head module (an adapter on the head, say) runs whole and is
+    yielded as one tile. Tiles may be modified in place by the caller.
     """
     head = model.get_output_embeddings()
-    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-
-    def finish(logits: torch.Tensor) -> torch.Tensor:
-        if softcap is not None:
-            logits = logits.div_(softcap).tanh_().mul_(softcap)
-        return logits.float()
-
     if type(head) is not torch.nn.Linear:
-        logits = finish(head(hidden))
-        for lo in range(0, logits.shape[1], block):
-            yield lo, logits[:, lo : lo + block]
+        yield 0, _softcap(model, head(hidden)).float()
         return
     weight, bias = head.weight, head.bias
     into_buffer = buffer is not None and bias is None and weight.dtype == hidden.dtype == torch.float32
     for lo in range(0, weight.shape[0], block):
         w = weight[lo : lo + block]
         if into_buffer:
-            yield lo, finish(torch.mm(hidden, w.t(), out=buffer[: hidden.shape[0], : w.shape[0]]))
+            logits = torch.mm(hidden, w.t(), out=buffer[: hidden.shape[0], : w.shape[0]])
         else:
-            yield lo, finish(torch.nn.functional.linear(hidden, w, None if bias is None else bias[lo : lo + block]))
+            logits = torch.nn.functional.linear(hidden, w, None if bias is None else bias[lo : lo + block])
+        yield lo, _softcap(model, logits).float()
 
+
+def _target_logits(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """The target's logit per row before any tile is computed (tiles before the target's need it), or ``None``
+    for a head module yielded as one tile (its target is always in it).
+
+    A row-wise dot product in fp32, rounded to the head's dtype and post-processed as the tiles are, so it equals
+    the tile's own value up to the GEMM's summation order; in the target's tile the tile's value is used.
+    """
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        return None
+    logits = (hidden.float() * head.weight[targets].float()).sum(1)
+    if head.bias is not None:
+        logits += head.bias[targets].float()
+    return _softcap(model, logits.to(head.weight.dtype)).float()
 
 def _check_head(model: Any, device: torch.device) -> None:
     """Fail fast if this architecture post-processes logits in a way :func:`_logit_tiles` misses."""
@@ -90,22 +109,36 @@ def _check_head(model: Any, device: torch.device) -> None:
     _HEAD_CHECKED.add(id(model))
 
 
-def _head_nll(model: Any, hidden: torch.Tensor, targets: torch.Tensor, block: int, buffer: torch.Tensor | None):
-    """``-log softmax(head(hidden))[targets]`` per row (float64), by an online log-sum-exp over vocabulary tiles."""
+def _head_scores(
+    model: Any, hidden: torch.Tensor, targets: torch.Tensor, block: int,
+    buffer: torch.Tensor | None = None, above: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: ``-log softmax(head(hidden))[targets]`` (float64), by an online log-sum-exp over vocabulary tiles,
+    and the target's rank (int64, 1 + logits strictly above the target's, clipped at :data:`RANK_CLIP`).
+
+    ``above`` is a reused bool buffer [rows, block] for the per-tile comparison (no page faults per tile).
+    """
     rows = hidden.shape[0]
     peak = torch.full((rows,), -math.inf, dtype=torch.float32, device=hidden.device)
     total = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
     target_logit = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
+    ahead = _target_logits(model, hidden, targets)
+    higher = torch.zeros(rows, dtype=torch.int64, device=hidden.device)
     for lo, tile in _logit_tiles(model, hidden, block, buffer):
         local = targets - lo
         inside = (local >= 0) & (local < tile.shape[1])
         picked = tile.gather(1, local.clamp(0, tile.shape[1] - 1)[:, None])[:, 0]
         target_logit = torch.where(inside, picked, target_logit)  # no host sync (nonzero would wait for the GPU)
+        # Count before the in-place exp below; the tile's own target value where it holds it, so the target never
+        # counts itself. Ties do not count.
+        threshold = picked if ahead is None else torch.where(inside, picked, ahead)
+        mask = None if above is None or tile.shape[1] > above.shape[1] else above[:rows, : tile.shape[1]]
+        higher.add_(torch.gt(tile, threshold[:, None], out=mask).sum(1))
         new_peak = torch.maximum(peak, tile.amax(1))
         total.mul_(torch.exp(peak - new_peak).double())  # rescale the running sum to the new maximum
         total.add_(tile.sub_(new_peak[:, None]).exp_().sum(1).double())  # in place: no second tile
         peak = new_peak
-    return peak.double() + total.log() - target_logit.double()
+    return peak.double() + total.log() - target_logit.double(), higher.add_(1).clamp_(max=RANK_CLIP)
 
 
 def response_nll(
@@ -116,8 +149,8 @@ def response_nll(
     batch_tokens: int = 8192,
     max_rows: int | None = None,
     logits_mb: int = 256,
-) -> tuple[list[float], list[int]]:
-    """Summed NLL and token count of each sequence's response tokens (``ids[start:]``).
+) -> tuple[list[float], list[int], list[int]]:
+    """Summed NLL, summed clipped target rank and token count of each sequence's response tokens (``ids[start:]``).
 
     The first token of a sequence has no context and is never scored. Sequences are grouped by
     :func:`~car_hf.batching.model_batches`; results come back in input order.
@@ -125,7 +158,8 @@ def response_nll(
     The backbone runs per micro-batch; the hidden states that predict response tokens are queued, and the LM head
     runs on full chunks of rows taken across micro-batches (so short sequences do not make small, slow head GEMMs),
     tile by tile of the vocabulary into one reused fp32 buffer of at most ``logits_mb``. Each row's NLL is
-    ``max + log(sum(exp(logits - max))) - logits[target]``, the sum accumulated over tiles with an online rescale.
+    ``max + log(sum(exp(logits - max))) - logits[target]``, the sum accumulated over tiles with an online rescale;
+    the rank counts, in the same tiles, the logits above the target's.
     """
     device = next(model.parameters()).device
     _check_head(model, device)
@@ -137,12 +171,14 @@ def response_nll(
     head_rows = max(1, min(_HEAD_ROWS, budget // (block if type(head) is torch.nn.Linear else vocab)))
     counts = [max(0, len(s.ids) - max(s.start, 1)) for s in sequences]
     totals = torch.zeros(len(sequences), dtype=torch.float64, device=device)
+    rank_totals = torch.zeros(len(sequences), dtype=torch.int64, device=device)
     queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (hidden rows, targets, sequence index)
     queued = 0
     buffer: torch.Tensor | None = None
+    above: torch.Tensor | None = None
 
     def run_head(final: bool) -> None:
-        nonlocal queue, queued, buffer
+        nonlocal queue, queued, buffer, above
         if len(queue) == 1:
             hidden, targets, owner = queue[0]
         else:
@@ -150,9 +186,12 @@ def response_nll(
         stop = queued if final else queued - queued % head_rows
         if buffer is None or buffer.shape[0] < min(head_rows, stop):
             buffer = torch.empty((min(head_rows, stop), block), dtype=torch.float32, device=device)
+            above = torch.empty((min(head_rows, stop), block), dtype=torch.bool, device=device)
         for lo in range(0, stop, head_rows):
             hi = min(lo + head_rows, stop)
-            totals.index_add_(0, owner[lo:hi], _head_nll(model, hidden[lo:hi], targets[lo:hi], block, buffer))
+            nll, rank = _head_scores(model, hidden[lo:hi], targets[lo:hi], block, buffer, above)
+            totals.index_add_(0, owner[lo:hi], nll)
+            rank_totals.index_add_(0, owner[lo:hi], rank)
         queue = [(hidden[stop:], targets[stop:], owner[stop:])] if stop < queued else []
         queued -= stop
 
@@ -179,7 +218,7 @@ def response_nll(
                 run_head(final=False)
         if queued:
             run_head(final=True)
-    return totals.tolist(), counts
+    return totals.tolist(), rank_totals.tolist(), counts
 
 
 class BaseLossScorer(ModelTransform):
@@ -210,7 +249,7 @@ class BaseLossScorer(ModelTransform):
             # losses cover identical targets (Cherry-LLM's IFD denominator).
             context = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
             sequences += [Rendered([context] + r.ids[r.start :], 1, r.truncated) for r in rendered]
-        sums, counts = response_nll(
+        sums, ranks, counts = response_nll(
             model, sequences, pad_id=tokenizer.pad_token_id, batch_tokens=self.config.batch_tokens,
             max_rows=self.config.max_rows, logits_mb=self.logits_mb,
         )
@@ -220,6 +259,7 @@ class BaseLossScorer(ModelTransform):
             "base_loss": losses,
             "base_loss_tokens": counts[:n],
             "base_loss_truncated": [r.truncated for r in rendered],
+            "base_rank": [r / c if c else math.nan for r, c in zip(ranks[:n], counts[:n])],
         }
         if self.ifd:
             alone = [s / c if c else math.nan for s, c in zip(sums[n:], counts[n:])]
@@ -249,7 +289,9 @@ def add_base_loss(model: Any, **options: Any) -> BaseLossScorer:
         messages, prompt, response: column names, when the layout is not detected.
         config: a :class:`~car_hf.CARConfig` holding these options (keywords override it).
 
-    Adds ``base_loss`` (float, nats/token), ``base_loss_tokens`` (int), ``base_loss_truncated`` (bool).
+    Adds ``base_loss`` (float, nats/token), ``base_loss_tokens`` (int), ``base_loss_truncated`` (bool) and
+    ``base_rank`` (float: the mean rank of the response tokens among the vocabulary, each clipped at
+    :data:`RANK_CLIP`; NaN with the loss).
     Pass ``with_indices=True`` to ``map`` for dataset row numbers in error messages.
 
     Example:

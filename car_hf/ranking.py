@@ -118,8 +118,9 @@ def rank_generators(
         intervals ``car_low, car_high, reward_low, reward_high, base_loss_low, base_loss_high,
         p_best`` (share of resamples in which it has the highest CAR) and ``rank_low, rank_high``;
         and the paper's baselines the columns allow: ``ppl`` = exp(mean loss), ``ifd`` (mean),
-        ``response_tokens`` (mean). ``table.attrs["car"]`` records beta, the reward transform and
-        ``config``.
+        ``response_tokens`` (mean), and with a ``base_rank`` column ``base_rank`` (mean) and ``rsr`` = mean
+        ``base_rank`` / mean loss over the rows where both are finite (the rank-surprisal ratio, arXiv
+        2601.14249: lower is better). ``table.attrs["car"]`` records beta, the reward transform and ``config``.
 
     Example:
         >>> table = rank_generators({"generator": ["a", "a", "b", "b"], "reward": [.8, .6, .9, .7],
@@ -129,7 +130,7 @@ def rank_generators(
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-    optional = ["ifd", "base_loss_tokens"]
+    optional = ["ifd", "base_loss_tokens", "base_rank"]
     pairing = [instruction_column] if instruction_column else ["instruction_id", "instruction", "prompt"]
     frame = _table_frame(data, [by, reward_column, loss_column, *optional, *pairing])
     for column in (by, reward_column, loss_column):
@@ -188,6 +189,8 @@ def rank_generators(
     for column, name in (("ifd", "ifd"), ("base_loss_tokens", "response_tokens")):
         if column in frame.columns:
             table[name] = frame.groupby(by, sort=False)[column].mean().reindex(cells.groups).to_numpy()
+    if "base_rank" in frame.columns:
+        table["base_rank"], table["rsr"] = _rank_surprisal(frame, by, losses, cells.groups)
     table = table.sort_values(["rank", by], kind="stable").reset_index(drop=True)
     table.attrs["car"] = {
         "by": by, "beta": beta, **record, "reward_column": reward_column, "loss_column": loss_column,
@@ -198,12 +201,24 @@ def rank_generators(
     return table
 
 
-# metric column → (name in the paper's Table 4, +1 if higher predicts better, -1 if lower does)
+def _rank_surprisal(frame: pd.DataFrame, by: str, losses: np.ndarray, groups: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per generator: mean ``base_rank`` and RSR = mean ``base_rank`` / mean loss, both over the rows where rank
+    and loss are finite (a ratio of means, as the RSR paper pools tokens, not a mean of per-row ratios)."""
+    rank = pd.to_numeric(frame["base_rank"], errors="coerce").to_numpy(dtype=float)
+    finite = np.isfinite(rank) & np.isfinite(losses)
+    pooled = pd.DataFrame({"g": frame[by].to_numpy()[finite], "rank": rank[finite], "loss": losses[finite]})
+    means = pooled.groupby("g", sort=False).mean().reindex(groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return means["rank"].to_numpy(), (means["rank"] / means["loss"]).to_numpy()
+
+
+# metric column → (name in the paper's Table 4 or the metric's own paper, +1 if higher predicts better, -1 if lower)
 BASELINES: dict[str, tuple[str, int]] = {
     "reward": ("Reward", 1),
     "ifd": ("IFD-Self", -1),
     "ppl": ("PPL-Self", -1),
     "response_tokens": ("Length", 1),
+    "rsr": ("RSR", -1),  # rank-surprisal ratio, arXiv 2601.14249
     "car": ("CAR", 1),
 }
 
@@ -224,15 +239,17 @@ def spearman_table(
 
     ``measured`` maps generator → the tuned base model's measured score (higher is better), e.g.
     AlpacaEval 2 LC win rate. Metrics are oriented so that a positive ρ means "predicts well":
-    reward, CAR and length count higher as better; PPL and IFD count lower as better (lower loss
-    means more compatible). Returns the paper's Table 4 as rows: metric, column, direction, rho,
-    p_value, n.
+    reward, CAR and length count higher as better; PPL, IFD and RSR count lower as better (lower loss
+    means more compatible). Returns the paper's Table 4 as rows (plus RSR when the table has ``rsr``):
+    metric, column, direction, rho, p_value, n.
 
     Example:
         >>> t = rank_generators({"generator": list("abc"), "reward": [.9, .5, .7],
-        ...                      "base_loss": [3.0, 1.0, 1.5]}, n_bootstrap=0)
+        ...                      "base_loss": [3.0, 1.0, 1.5], "base_rank": [9.0, 2.0, 2.0]}, n_bootstrap=0)
+        >>> t.set_index("generator")["rsr"].round(3).to_dict()
+        {'c': 1.333, 'b': 2.0, 'a': 3.0}
         >>> spearman_table(t, {"a": 10, "b": 12, "c": 30}).set_index("metric")["rho"].round(2).to_dict()
-        {'Reward': -0.5, 'PPL-Self': 0.5, 'CAR': 1.0}
+        {'Reward': -0.5, 'PPL-Self': 0.5, 'RSR': 1.0, 'CAR': 1.0}
     """
     from scipy.stats import spearmanr
 

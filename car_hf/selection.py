@@ -2,7 +2,9 @@
 
 :func:`select` is the one entry point: ``"generator"`` keeps the rows of the generator with the best
 dataset-level CAR (the paper's use); ``"top_fraction"``, ``"top_k"``, ``"threshold"`` and
-``"best_of_n"`` keep rows by per-example CAR through :class:`CARFilter`; ``"none"`` keeps every row.
+``"best_of_n"`` keep rows by per-example CAR through :class:`CARFilter`; ``"likeliest"`` keeps, per
+instruction, the response the base model finds most likely (GRAPE, arXiv 2502.04194), optionally among
+those with a reward >= a minimum; ``"none"`` keeps every row.
 Every mode returns the rows, a summary dict, and a Trainer callback recording that summary in
 ``trainer_state.json`` (see :mod:`car_hf.callbacks`); model cards render the summary
 (:func:`car_hf.cards.selection_section`).
@@ -20,6 +22,8 @@ Example:
     ['a', 'b']
     >>> list(CARFilter(top_k=1, beta=1.0).apply(ds)["reward"])
     [0.9]
+    >>> list(CARFilter(group_by="instruction_id", keep="likeliest", min_reward=0.3).apply(ds)["generator"])
+    ['a', 'b']
     >>> chosen = select(ds, "generator", n_bootstrap=0)
     >>> chosen.summary["generator"], chosen.summary["rows_kept"], list(chosen.leaderboard["generator"])
     ('a', 2, ['a', 'b'])
@@ -46,13 +50,16 @@ from .ranking import _table_frame, rank_generators
 
 logger = logging.getLogger(__name__)
 
-SELECT_MODES = ("none", "generator", "top_fraction", "top_k", "threshold", "best_of_n")
+SELECT_MODES = ("none", "generator", "top_fraction", "top_k", "threshold", "best_of_n", "likeliest")
 # What the value of a mode that takes one must be.
 MODE_VALUES = {
     "top_fraction": "a fraction in (0, 1]",
     "top_k": "an integer >= 1 (the number of rows kept)",
     "threshold": "a finite CAR cutoff",
+    "likeliest": "a finite minimum reward, or no value",
 }
+OPTIONAL_VALUE_MODES = ("likeliest",)
+KEEP_POLICIES = ("best", "likeliest")
 
 
 class CARFilter(SelectionCallback):
@@ -62,15 +69,20 @@ class CARFilter(SelectionCallback):
         threshold: keep rows with ``car >= threshold``.
         top_fraction: keep the best ``ceil(top_fraction * n)`` rows (0 < f <= 1).
         top_k: keep the best ``top_k`` rows.
-        group_by: with ``keep="best"``: one row per group (e.g. ``"instruction_id"``), the one with
-            the highest CAR (best-of-N over generators or samples). Applied before any global cutoff.
-        keep: ``"best"`` (the only per-group policy; required with ``group_by``).
+        group_by: with ``keep``: one row per group (e.g. ``"instruction_id"``). Applied before any
+            global cutoff.
+        keep: the per-group policy (required with ``group_by``): ``"best"``, the highest CAR
+            (best-of-N over generators or samples); ``"likeliest"``, the lowest ``loss_column``: the
+            response the base model finds most likely (GRAPE, arXiv 2502.04194; no global cutoff).
+        min_reward: with ``keep="likeliest"``: only rows whose raw ``reward_column`` is >= this
+            compete (a NaN reward never passes). A group with no such row (or none with a finite
+            loss) is dropped and counted in the summary (``groups_dropped``).
         beta, reward_transform: how per-example CAR is computed from ``reward_column`` and
             ``loss_column`` (pool transforms such as ``"minmax"`` use the fitted dataset's pool).
         by: the generator column, for the generator mix in :meth:`summary`.
 
-    Rows whose CAR is NaN (no reward, empty or fully truncated response) are never kept; they are
-    counted in the summary. Ties are broken by row order (the earlier row wins), so the selection
+    Rows whose CAR (``keep="likeliest"``: loss) is NaN (no reward, empty or fully truncated response) are
+    never kept; they are counted in the summary. Ties are broken by row order (the earlier row wins), so the selection
     is deterministic. With ``Dataset.filter``, pass ``with_indices=True`` to select exactly the
     fitted rows; without indices, the fitted cutoff is applied to each row's CAR (ties at the
     cutoff are then all kept, and ``group_by`` is unavailable).
@@ -87,6 +99,7 @@ class CARFilter(SelectionCallback):
         top_k: int | None = None,
         group_by: str | None = None,
         keep: str | None = None,
+        min_reward: float | None = None,
         beta: float = 1.0,
         reward_transform: str = "raise",
         reward_column: str = "reward",
@@ -99,12 +112,17 @@ class CARFilter(SelectionCallback):
             raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if (group_by is None) != (keep is None) or keep not in (None, "best"):
-            raise ValueError("best-of-N needs group_by= and keep='best' together")
-        if group_by is None and threshold is None and top_fraction is None and top_k is None:
-            raise ValueError("nothing to select: pass threshold=, top_fraction=, top_k= or group_by=/keep='best'")
+        if (group_by is None) != (keep is None) or keep not in (None, *KEEP_POLICIES):
+            raise ValueError(f"a per-group selection needs group_by= and keep= (one of {KEEP_POLICIES}) together")
+        cutoff = threshold is not None or top_fraction is not None or top_k is not None
+        if keep == "likeliest" and cutoff:
+            raise ValueError("keep='likeliest' takes no CAR cutoff (threshold=, top_fraction=, top_k=)")
+        if min_reward is not None and (keep != "likeliest" or not math.isfinite(min_reward)):
+            raise ValueError(f"min_reward needs keep='likeliest' and a finite value, got {min_reward!r}")
+        if group_by is None and not cutoff:
+            raise ValueError("nothing to select: pass threshold=, top_fraction=, top_k= or group_by= and keep=")
         self.threshold, self.top_fraction, self.top_k = threshold, top_fraction, top_k
-        self.group_by, self.keep = group_by, keep
+        self.group_by, self.keep, self.min_reward = group_by, keep, min_reward
         self.beta, self.reward_transform = beta, reward_transform
         self.reward_column, self.loss_column, self.by = reward_column, loss_column, by
         self.kept_: np.ndarray | None = None
@@ -115,6 +133,8 @@ class CARFilter(SelectionCallback):
     @property
     def mode(self) -> str:
         """The :data:`SELECT_MODES` name of this filter (a global cutoff names it when best-of-N has one too)."""
+        if self.keep == "likeliest":
+            return "likeliest"
         if self.threshold is not None:
             return "threshold"
         return "top_fraction" if self.top_fraction is not None else "top_k" if self.top_k is not None else "best_of_n"
@@ -138,45 +158,63 @@ class CARFilter(SelectionCallback):
             KeyError: a needed column is missing (the message lists those present).
             ValueError: the selection keeps no row.
         """
-        columns = [self.reward_column, self.loss_column] + [c for c in (self.group_by, self.by) if c]
-        frame = _table_frame(dataset, columns)
-        for column in columns[:2] + ([self.group_by] if self.group_by else []):
+        likeliest = self.keep == "likeliest"
+        needed = [self.reward_column] if not likeliest or self.min_reward is not None else []
+        needed += [self.loss_column] + ([self.group_by] if self.group_by else [])
+        frame = _table_frame(dataset, needed + [self.by])
+        for column in needed:
             if column not in frame.columns:
                 raise KeyError(f"column {column!r} is missing; the dataset has columns {list(frame.columns)}")
-        raw = frame[self.reward_column].to_numpy(dtype=float)
-        _, self.transform_record_ = transform_rewards(raw, self.reward_transform, column=self.reward_column)
-        car = self._car(raw, frame[self.loss_column].to_numpy(dtype=float))
-        finite = np.isfinite(car)
+        losses = frame[self.loss_column].to_numpy(dtype=float)
+        if likeliest:
+            score = -losses  # the most likely response first; NaN (no finite loss) is never kept
+            if self.min_reward is not None:
+                rewards = pd.to_numeric(frame[self.reward_column], errors="coerce").to_numpy(dtype=float)
+                below = ~(rewards >= self.min_reward)  # a NaN reward does not pass
+                score = np.where(below, np.nan, score)
+            self.transform_record_ = {"reward_transform": None}  # min_reward reads the raw column
+        else:
+            raw = frame[self.reward_column].to_numpy(dtype=float)
+            _, self.transform_record_ = transform_rewards(raw, self.reward_transform, column=self.reward_column)
+            score = self._car(raw, losses)
+        finite = np.isfinite(score)
         # Best first; among equals the earlier row (lexsort: last key is primary).
-        order = np.lexsort((np.arange(len(car)), -np.where(finite, car, -np.inf)))
+        order = np.lexsort((np.arange(len(score)), -np.where(finite, score, -np.inf)))
         order = order[finite[order]]
+        groups: dict[str, Any] = {}
         if self.group_by is not None:
-            groups = frame[self.group_by].to_numpy()
-            _, first = np.unique(groups[order], return_index=True)
+            values = frame[self.group_by].to_numpy()
+            _, first = np.unique(values[order], return_index=True)
             order = order[np.sort(first)]
+            total = len(pd.unique(values))
+            groups = {"groups_total": total, "groups_dropped": total - int(order.size)}
         if self.top_k is not None:
             order = order[: self.top_k]
         elif self.top_fraction is not None:
-            order = order[: math.ceil(self.top_fraction * len(car))]
+            order = order[: math.ceil(self.top_fraction * len(score))]
         elif self.threshold is not None:
-            order = order[car[order] >= self.threshold]
+            order = order[score[order] >= self.threshold]
         if order.size == 0:
             raise ValueError(
-                f"the CAR selection keeps 0 of {len(car)} rows ({int((~finite).sum())} have no finite CAR); "
-                "lower the threshold or check the reward and base_loss columns"
+                f"the {self.mode} selection keeps 0 of {len(score)} rows ({int((~finite).sum())} have no finite "
+                f"{'loss' + (' and reward >= min_reward' if self.min_reward is not None else '') if likeliest else 'CAR'}); "
+                f"{'lower min_reward' if likeliest else 'lower the threshold'} or check the reward and base_loss columns"
             )
         if self.threshold is None and (self.top_k is not None or self.top_fraction is not None):
-            self.cutoff_ = float(car[order[-1]])
+            self.cutoff_ = float(score[order[-1]])
         self.kept_ = np.sort(order)
         mix = {}
         if self.by in frame.columns:
             values, counts = np.unique(frame[self.by].to_numpy()[self.kept_].astype(str), return_counts=True)
             mix = {str(v): int(c) for v, c in zip(values, counts)}
+        unscored = ({"rows_without_loss": int((~np.isfinite(losses)).sum()), "min_reward": self.min_reward,
+                     "rows_below_min_reward": int((~finite & np.isfinite(losses)).sum())}
+                    if likeliest else {"rows_without_car": int((~finite).sum())})
         self.summary_ = {
-            "selection": self.mode, "rows_kept": int(self.kept_.size), "rows_total": len(car),
-            "rows_without_car": int((~finite).sum()), "beta": self.beta, **self.transform_record_,
-            "reward_column": self.reward_column, "cutoff": self.cutoff_, "threshold": self.threshold,
-            "top_fraction": self.top_fraction, "top_k": self.top_k, "group_by": self.group_by, "generator_mix": mix,
+            "selection": self.mode, "rows_kept": int(self.kept_.size), "rows_total": len(score), **unscored,
+            "beta": self.beta, **self.transform_record_, "reward_column": self.reward_column, "cutoff": self.cutoff_,
+            "threshold": self.threshold, "top_fraction": self.top_fraction, "top_k": self.top_k,
+            "group_by": self.group_by, **groups, "generator_mix": mix,
         }
         return self
 
@@ -192,7 +230,7 @@ class CARFilter(SelectionCallback):
                 raise RuntimeError("CARFilter is not fitted: call .fit(dataset) first (or use .apply(dataset))")
             return np.isin(np.asarray(indices), self.kept_).tolist()
         if self.group_by is not None:
-            raise RuntimeError("best-of-N needs row indices: filter(..., with_indices=True) after .fit(dataset)")
+            raise RuntimeError("a per-group selection needs row indices: filter(..., with_indices=True) after .fit(dataset)")
         if self.cutoff_ is None or (self.reward_transform in ("minmax", "shift") and self.transform_record_ is None):
             raise RuntimeError("CARFilter is not fitted: call .fit(dataset) first (or use .apply(dataset))")
         car = self._car(batch[self.reward_column], batch[self.loss_column])
@@ -260,8 +298,10 @@ def check_selection(mode: str, value: float | None = None) -> float | int | None
         if value is not None:
             raise ConfigError(f"selection mode {mode!r} takes no value, got {value!r}")
         return None
+    if value is None and mode in OPTIONAL_VALUE_MODES:
+        return None
     fits = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and (
-        mode == "threshold" or (mode == "top_fraction" and 0 < value <= 1)
+        mode in ("threshold", "likeliest") or (mode == "top_fraction" and 0 < value <= 1)
         or (mode == "top_k" and value >= 1 and value == int(value)))
     if not fits:
         raise ConfigError(f"selection mode {mode!r} needs {MODE_VALUES[mode]}, got {value!r}")
@@ -286,10 +326,11 @@ def select(
     Args:
         mode: ``"none"`` (every row), ``"generator"`` (every row of the generator with the best
             dataset-level CAR, :func:`select_generator`), ``"top_fraction"``, ``"top_k"``,
-            ``"threshold"`` or ``"best_of_n"`` (per-example CAR, :class:`CARFilter`).
-        value: the fraction (top_fraction), row count (top_k) or CAR cutoff (threshold); no other
-            mode takes one.
-        by: the generator column; ``group_by``: the groups of best-of-N.
+            ``"threshold"`` or ``"best_of_n"`` (per-example CAR, :class:`CARFilter`), ``"likeliest"`` (per
+            group, the lowest ``base_loss``: GRAPE; :class:`CARFilter` with ``keep="likeliest"``).
+        value: the fraction (top_fraction), row count (top_k), CAR cutoff (threshold) or optional
+            minimum reward (likeliest); no other mode takes one.
+        by: the generator column; ``group_by``: the groups of best-of-N and likeliest.
         n_bootstrap: resamples of the generator leaderboard's intervals (``"generator"``).
         scoring: the scoring record (``CARConfig.record()``), kept in the leaderboard's ``attrs``.
 
@@ -331,7 +372,8 @@ def select(
         logger.info("%s\n%s", describe(summary), summary["leaderboard"])
         return Selection(rows=rows, callback=SelectionCallback(summary), summary=summary, leaderboard=table)
     rule = {"top_fraction": {"top_fraction": value}, "top_k": {"top_k": value}, "threshold": {"threshold": value},
-            "best_of_n": {"group_by": group_by, "keep": "best"}}[mode]
+            "best_of_n": {"group_by": group_by, "keep": "best"},
+            "likeliest": {"group_by": group_by, "keep": "likeliest", "min_reward": value}}[mode]
     car_filter = CARFilter(beta=beta, reward_transform=reward_transform, reward_column=reward_column, by=by, **rule)
     rows = car_filter.apply(dataset)
     logger.info("%s", describe(car_filter.summary()))

@@ -102,9 +102,9 @@ class TeacherConfig:
         default=1.0, metadata={"help": "First retry delay in seconds, doubled at each retry, at most 60 s (openai)."})
     request_timeout: float = field(default=600.0, metadata={"help": "Seconds before a request times out (openai)."})
     generation_batch_tokens: int = field(
-        default=32768,
-        metadata={"help": "Budget of a generation batch: rows x (longest prompt + max_new_tokens) (transformers; "
-                          "capped on CPU)."},
+        default=16384,
+        metadata={"help": "Budget of a generation batch: rows x (longest prompt + max_new_tokens), the KV cache's "
+                          "size (transformers; capped on CPU)."},
     )
     teacher_dtype: str = field(
         default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on capable GPUs) | float32 | bfloat16 | float16."})

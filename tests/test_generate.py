@@ -1,7 +1,7 @@
-"""add_responses with the transformers engine on tiny models: columns, batching, seeds, bad input, caching.
+"""add_responses with the transformers engine on tiny models (columns, batching, seeds, bad input, caching), and
+recipes/generate.py (1 and 2 processes, kill and resume, a failing endpoint).
 
-The OpenAI-compatible engine is tested in test_engines_openai.py, vLLM in test_engines_vllm.py and
-recipes/generate.py in test_generate_recipe.py.
+The OpenAI-compatible engine is tested in test_engines_openai.py, the vLLM engine in test_engines_vllm.py.
 """
 
 from __future__ import annotations
@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset, load_dataset, load_from_disk
 
 import tiny
 from car_hf import CARConfig, ConfigError, InputError
+from car_hf.errors import GenerationError
 from car_hf.engines.base import finish, prompt_ids, stop_token_ids
 from car_hf.engines.transformers_engine import TransformersEngine, pad_left
 from car_hf.generate import ResponseGenerator, add_responses, read_prompt, resolve_engine
@@ -237,3 +240,101 @@ def test_pickles_as_its_recipe_and_a_second_map_hits_the_datasets_cache(tmp_path
     monkeypatch.setattr(TransformersEngine, "generate", refuse)
     again = ds.map(add_responses(str(tiny_model_dir), max_new_tokens=4), batched=True)
     assert again["response"] == first["response"] and again.cache_files == first.cache_files
+
+
+# ------------------------------------------------------------------------------------------------ recipes/generate.py
+from test_recipes import CONFIGS, RECIPES, _module, accelerate, run, tiny_model  # noqa: E402
+from test_recipes import TWO_CPU as SCORE_TWO_CPU  # noqa: E402
+
+generate_recipe = _module("generate")
+TWO_CPU = (*SCORE_TWO_CPU[:-1], "29633")  # another port than test_recipes': both may run at once
+GENERATE = ("--config", str(CONFIGS / "generate_tiny_cpu.yaml"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder laid out like a clone after `python recipes/tiny_model.py`: runs/tiny-model, runs/tiny-data."""
+    folder = tmp_path_factory.mktemp("generate_recipe")
+    tiny_model.write_tiny_model(folder / "runs" / "tiny-model")
+    tiny_model.write_tiny_data(folder / "runs" / "tiny-data")
+    return folder
+
+
+def read_generated(folder: Path) -> list[dict]:
+    return load_from_disk(str(folder / "generated")).to_list()
+
+
+def progress(folder: Path, world: int) -> list[dict]:
+    return [json.loads((folder / f"progress-{r:05d}-of-{world:05d}.json").read_text()) for r in range(world)]
+
+
+def test_recipe_two_processes_equal_one_and_resume_after_a_kill(workdir):
+    run([sys.executable, str(RECIPES / "generate.py"), *GENERATE, "--output_dir", "runs/gen-1"], workdir)
+    single = read_generated(workdir / "runs" / "gen-1")
+    assert len(single) == 8 and len({r["instruction"] for r in single}) == 8  # unique_prompts: 24 rows -> 8
+    assert [r["instruction"] for r in single] == list(dict.fromkeys(
+        json.loads(line)["instruction"] for line in (workdir / "runs/tiny-data/train.jsonl").read_text().splitlines()))
+    assert all(r["response_tokens"] and r["response_teacher"].startswith("runs/tiny-model [system ") for r in single)
+    config = json.loads((workdir / "runs" / "gen-1" / "generated" / "car_config.json").read_text())
+    assert config["system_prompt"] == "You are a concise assistant." and config["n_rows"] == 8
+
+    out = workdir / "runs" / "gen-2"
+    killed = run(accelerate(*TWO_CPU, str(RECIPES / "generate.py"), *GENERATE, "--output_dir", "runs/gen-2"), workdir,
+                 env={"CAR_HF_FAIL_AFTER_CHUNKS": "1"}, check=False)
+    assert killed.returncode != 0 and not (out / "generated").exists()
+    # Each process exits after its first chunk (0 and 2); the launcher may stop the other one before it saves.
+    done = sorted(int(p.name.split("-")[1]) for p in (out / "cache").glob("*/chunk-*"))
+    assert done in ([0], [2], [0, 2]), done
+
+    run(accelerate(*TWO_CPU, str(RECIPES / "generate.py"), *GENERATE, "--output_dir", "runs/gen-2"), workdir)
+    ranks = progress(out, 2)
+    assert [p["chunks"] for p in ranks] == [[0, 1], [2]]
+    assert sorted(c for p in ranks for c in p["skipped"]) == done  # nothing generated twice
+    assert sorted(c for p in ranks for c in p["scored"]) == [c for c in range(3) if c not in done]
+    assert read_generated(out) == single  # greedy: 2 processes give the rows of 1, row for row
+
+
+def test_recipe_checks_inputs_before_loading_a_model(workdir, tmp_path, monkeypatch):
+    import car_hf.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input error was reported")
+
+    monkeypatch.setattr(car_hf.models, "load_model", refuse)
+    monkeypatch.chdir(workdir)
+    args, config = generate_recipe.make_parser().parse_args_and_config(
+        [*GENERATE, "--input_column", "question", "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(InputError, match=r"column 'question' \(input_column: the prompts\) is missing"):
+        generate_recipe.main(args, config)
+    args, config = generate_recipe.make_parser().parse_args_and_config(
+        [*GENERATE, "--teacher", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ConfigError, match="teacher: no such model folder"):
+        generate_recipe.main(args, config)
+
+
+def test_recipe_keeps_the_chunks_of_a_failing_endpoint_and_resumes(tmp_path, monkeypatch, hf_cache):
+    import datasets.fingerprint
+    import huggingface_hub.constants
+
+    from openai_server import OpenAIServer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # main() turns datasets' caching off for the process: switch it back on after this test.
+    monkeypatch.setattr(datasets.fingerprint, "_CACHING_ENABLED", datasets.fingerprint._CACHING_ENABLED)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(5)))
+    with OpenAIServer(lifetime=60) as server:
+        server.fail_if = lambda body: "503" if body["messages"][-1]["content"] == "question 4" else None
+        args, config = generate_recipe.make_parser().parse_args_and_config(
+            ["--dataset_name", str(data), "--teacher", "served", "--base_url", server.base_url, "--max_retries", "1",
+             "--retry_backoff", "0.01", "--chunk_rows", "2", "--map_batch_size", "2", "--output_dir",
+             str(tmp_path / "out"), "--cpu", "true"])
+        with pytest.raises(GenerationError, match=r"Row 4: failed after 2 attempt\(s\): HTTP 503"):
+            generate_recipe.main(args, config)
+        assert len(list((tmp_path / "out" / "cache").glob("*/chunk-*"))) == 2  # chunks 0 and 1 are kept
+        asked = len(server.requests)
+        server.fail_if = None
+        generate_recipe.main(args, config)
+        assert [r["body"]["messages"][-1]["content"] for r in server.requests[asked:]] == ["question 4"]
+    assert progress(tmp_path / "out", 1)[0]["skipped"] == [0, 1]
+    assert [r["response"] for r in read_generated(tmp_path / "out")] == [f"Echo: question {i}" for i in range(5)]

@@ -1,4 +1,4 @@
-"""add_base_loss: the response-token definition, exactness against full logits, batching, TRL agreement."""
+"""add_base_loss: the response-token definition, exactness (loss and rank) against full logits, batching, TRL agreement."""
 
 import math
 import pickle
@@ -9,7 +9,7 @@ from datasets import Dataset
 
 import tiny
 from car_hf import InputError, add_base_loss
-from car_hf import formats
+from car_hf import formats, loss
 from car_hf.batching import model_batches, token_budget_batches
 
 
@@ -23,6 +23,19 @@ def reference_nll(model, rendered):
     return float(-logprobs[torch.arange(len(targets)), targets].mean()), len(targets)
 
 
+def reference_rank(model, rendered, clip=100):
+    """The straightforward rank: full logits (the model's own softcap included), 1 + logits strictly above the
+    target's, clipped at ``clip``, averaged over the response tokens; NaN without one."""
+    if len(rendered.ids) <= rendered.start:
+        return math.nan
+    ids = torch.tensor([rendered.ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()[rendered.start - 1 : -1]
+    target = logits.gather(1, ids[0, rendered.start :, None])
+    ranks = [min(1 + int(n), clip) for n in (logits > target).sum(1)]
+    return sum(ranks) / len(ranks)
+
+
 def mixed_rows():
     """Every layout the transform reads, multi-turn included, with lengths from 1 word to ~60."""
     rows = tiny.sample_rows(n_instructions=4, generators=3)
@@ -31,17 +44,27 @@ def mixed_rows():
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 @pytest.mark.parametrize("batch_tokens", [1, 300, 100_000])
-def test_batched_equals_unbatched_full_logits(arch, batch_tokens, tokenizer, causal_lm, gemma3_lm):
+# One vocabulary tile, or many (the last partial) over small head chunks; the paper's clip, or none (random weights
+# rank most targets beyond 100: without the clip every count is checked).
+@pytest.mark.parametrize("block, head_rows, clip", [(8192, 2048, 100), (8192, 2048, 10**6), (97, 5, 10**6)])
+def test_batched_equals_unbatched_full_logits(arch, batch_tokens, block, head_rows, clip, tokenizer, causal_lm,
+                                              gemma3_lm, monkeypatch):
+    monkeypatch.setattr(loss, "_VOCAB_BLOCK", block)
+    monkeypatch.setattr(loss, "_HEAD_ROWS", head_rows)
+    monkeypatch.setattr(loss, "RANK_CLIP", clip)
     model = causal_lm if arch == "llama" else gemma3_lm
     ds = Dataset.from_list(mixed_rows())
     scored = ds.map(add_base_loss((model, tokenizer), batch_tokens=batch_tokens), batched=True, batch_size=7)
     layout = formats.detect_layout(ds.column_names)
     for i in range(len(ds)):
         example = formats.row_example(ds[i : i + 1], 0, layout, i)
-        expected, n = reference_nll(model, formats.render(example, tokenizer, max_length=2048))
+        rendered = formats.render(example, tokenizer, max_length=2048)
+        expected, n = reference_nll(model, rendered)
         assert scored[i]["base_loss"] == pytest.approx(expected, abs=1e-5)
         assert scored[i]["base_loss_tokens"] == n
-    assert scored.column_names == ds.column_names + ["base_loss", "base_loss_tokens", "base_loss_truncated"]
+        assert scored[i]["base_rank"] == reference_rank(model, rendered, clip)  # integer ranks: the same mean
+    assert max(scored["base_rank"]) <= 100 if clip == 100 else max(scored["base_rank"]) > 100
+    assert scored.column_names == ds.column_names + ["base_loss", "base_loss_tokens", "base_loss_truncated", "base_rank"]
     assert scored["instruction"] == ds["instruction"]  # every row and column, in order
 
 
@@ -104,13 +127,24 @@ def test_ifd_is_conditioned_over_unconditioned_on_the_same_tokens(tokenizer, cau
         assert n == scored[i]["base_loss_tokens"]
 
 
-def test_truncation_is_flagged_and_an_emptied_response_is_nan(tokenizer, causal_lm):
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("batch_tokens", [1, 100_000])
+def test_truncation_is_flagged_and_an_emptied_response_is_nan(arch, batch_tokens, tokenizer, causal_lm, gemma3_lm,
+                                                              monkeypatch):
+    monkeypatch.setattr(loss, "_VOCAB_BLOCK", 128)
+    model = causal_lm if arch == "llama" else gemma3_lm
     rows = [{"instruction": "Tell me a story about a boat.", "output": "Once upon a time " * 20},
             {"instruction": "word " * 60, "output": "short"}, {"instruction": "Hi", "output": "Hello"}]
-    scored = Dataset.from_list(rows).map(add_base_loss((causal_lm, tokenizer), max_length=40), batched=True)
+    scored = Dataset.from_list(rows).map(add_base_loss((model, tokenizer), max_length=40, batch_tokens=batch_tokens),
+                                         batched=True)
     assert scored["base_loss_truncated"] == [True, True, False]
     assert 0 < scored[0]["base_loss_tokens"] < 40 and math.isfinite(scored[0]["base_loss"])
-    assert scored[1]["base_loss_tokens"] == 0 and math.isnan(scored[1]["base_loss"])
+    assert scored[1]["base_loss_tokens"] == 0 and math.isnan(scored[1]["base_loss"]) and math.isnan(scored[1]["base_rank"])
+    layout = formats.detect_layout(["instruction", "output"])
+    for i in (0, 2):
+        rendered = formats.render(formats.row_example({k: [v] for k, v in rows[i].items()}, 0,
+                                                      layout, i), tokenizer, max_length=40)
+        assert scored[i]["base_rank"] == reference_rank(model, rendered)
     assert len(scored) == 3
 
 

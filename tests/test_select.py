@@ -1,4 +1,4 @@
-"""select (every mode), CARFilter (threshold, top fraction, top-k, best-of-N, Trainer callback), select_generator."""
+"""select (every mode), CARFilter (threshold, top fraction, top-k, best-of-N, likeliest, Trainer callback), select_generator."""
 
 import json
 import math
@@ -153,7 +153,7 @@ COMMON_KEYS = {"selection", "rows_kept", "rows_total", "beta", "reward_transform
 
 
 @pytest.mark.parametrize("mode, value, kept", [("top_fraction", 0.25, 3), ("top_k", 5, 5), ("threshold", 0.2, None),
-                                                ("best_of_n", None, 4)])
+                                                ("best_of_n", None, 4), ("likeliest", None, 4)])
 def test_select_per_example_modes_match_carfilter(mode, value, kept):
     ds = scored()
     car = car_of(ds, beta=0.5)
@@ -164,12 +164,15 @@ def test_select_per_example_modes_match_carfilter(mode, value, kept):
     if mode == "best_of_n":  # the best-CAR row of each instruction_id, in order
         expected = [int(np.argmax(car[i:i + 3])) + i for i in range(0, 12, 3)]
         assert list(chosen.rows["reward"]) == [ds["reward"][i] for i in expected]
+    if mode == "likeliest":  # the lowest-loss row of each instruction_id
+        expected = [int(np.argmin(ds["base_loss"][i:i + 3])) + i for i in range(0, 12, 3)]
+        assert list(chosen.rows["base_loss"]) == [ds["base_loss"][i] for i in expected]
     assert len(chosen.rows) == kept and chosen.leaderboard is None
     summary = chosen.summary
     assert COMMON_KEYS <= set(summary) and summary["selection"] == mode and summary["rows_kept"] == kept
     assert summary["rows_total"] == 12 and summary["beta"] == 0.5 and sum(summary["generator_mix"].values()) == kept
     assert isinstance(chosen.callback, CARFilter) and chosen.callback.summary() == summary
-    assert summary["group_by"] == ("instruction_id" if mode == "best_of_n" else None)
+    assert summary["group_by"] == ("instruction_id" if mode in ("best_of_n", "likeliest") else None)
 
 
 def test_select_generator_mode_records_the_leaderboard():
@@ -200,6 +203,7 @@ def test_select_none_keeps_everything_and_records_nothing():
     ("generator", 0.5, r"'generator' takes no value, got 0.5"),
     ("best_of_n", 3, r"'best_of_n' takes no value, got 3"),
     ("none", 1, r"'none' takes no value, got 1"),
+    ("likeliest", math.inf, r"'likeliest' needs a finite minimum reward, or no value, got inf"),
 ])
 def test_select_refuses_a_mode_value_that_does_not_fit(mode, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -218,4 +222,63 @@ def test_select_data_errors():
         select(ds, "top_k", 2, reward_column="judge")
     with pytest.raises(ValueError, match="keeps 0 of 12 rows"):
         select(ds, "threshold", 10.0)
-    assert set(SELECT_MODES) == {"none", "generator", "top_fraction", "top_k", "threshold", "best_of_n"}
+    assert set(SELECT_MODES) == {"none", "generator", "top_fraction", "top_k", "threshold", "best_of_n", "likeliest"}
+
+
+# ------------------------------------------------------------------------------------------------ likeliest (GRAPE)
+def grape_rows():
+    """Three instructions x three generators. Instruction 0: CAR prefers a (high reward), the base model finds c
+    likeliest. Instruction 1: the likeliest (b) has a low reward; c has a NaN loss. Instruction 2: no reward reaches
+    0.5 (c has none); a and b tie on loss."""
+    return Dataset.from_dict({
+        "instruction_id": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+        "generator": list("abcabcabc"),
+        "reward": [0.9, 0.6, 0.55, 0.8, 0.2, 0.9, 0.3, 0.4, None],
+        "base_loss": [1.2, 1.5, 0.9, 1.4, 0.7, math.nan, 1.0, 1.0, 0.2],
+    })
+
+
+def test_likeliest_keeps_the_lowest_loss_row_where_car_best_differs():
+    ds = grape_rows()
+    likeliest = CARFilter(group_by="instruction_id", keep="likeliest").apply(ds)
+    best = CARFilter(group_by="instruction_id", keep="best").apply(ds)
+    # Instruction 0: CAR 0.9/2.2 = 0.41 (a) beats 0.55/1.9 = 0.29 (c), but c has the lowest loss (0.9).
+    # Instruction 1: c's loss is NaN, never kept; b (0.7) is likeliest. Instruction 2: c has no reward, but
+    # without min_reward the reward is not read: c (0.2) is kept.
+    assert list(likeliest["generator"]) == ["c", "b", "c"]
+    assert list(best["generator"]) == ["a", "a", "b"]
+    assert list(best["generator"])[0] != list(likeliest["generator"])[0]
+    no_reward = CARFilter(group_by="instruction_id", keep="likeliest").apply(ds.remove_columns("reward"))
+    assert list(no_reward["generator"]) == ["c", "b", "c"]  # the reward column is not needed
+
+
+def test_likeliest_with_min_reward_excludes_rows_and_drops_groups_without_a_passing_row():
+    ds = grape_rows()
+    flt = CARFilter(group_by="instruction_id", keep="likeliest", min_reward=0.5)
+    kept = flt.apply(ds)
+    # Instruction 0: c (0.55) passes and stays likeliest. Instruction 1: b (reward 0.2) is excluded, c has NaN loss:
+    # a is kept. Instruction 2: no reward >= 0.5 (c's is missing): the group is dropped and counted.
+    assert list(kept["generator"]) == ["c", "a"] and list(kept["instruction_id"]) == [0, 1]
+    summary = flt.summary()
+    assert summary["selection"] == "likeliest" and summary["min_reward"] == 0.5
+    assert (summary["rows_kept"], summary["rows_total"], summary["groups_total"], summary["groups_dropped"]) == (2, 9, 3, 1)
+    assert summary["rows_without_loss"] == 1 and summary["rows_below_min_reward"] == 4  # b1, a2, b2 and c2 (no reward)
+    strict = CARFilter(group_by="instruction_id", keep="likeliest", min_reward=0.56).apply(ds)
+    assert list(strict["generator"]) == ["a", "a"]  # the likeliest c (reward 0.55) excluded: a (loss 1.2) beats b (1.5)
+
+
+def test_likeliest_ties_by_row_order_and_select_passes_the_threshold():
+    ds = grape_rows()
+    tie = CARFilter(group_by="instruction_id", keep="likeliest", min_reward=0.3).apply(ds)
+    assert list(tie["generator"]) == ["c", "a", "a"]  # instruction 2: a and b tie on loss 1.0, the earlier row wins
+    chosen = select(ds, "likeliest", 0.5)
+    assert list(chosen.rows["generator"]) == ["c", "a"] and chosen.summary["groups_dropped"] == 1
+    assert chosen.callback.summary() == chosen.summary and chosen.summary["selection"] == "likeliest"
+    with pytest.raises(ValueError, match=r"likeliest selection keeps 0 of 9 rows.*lower min_reward"):
+        select(ds, "likeliest", 5.0)
+    with pytest.raises(ValueError, match="takes no CAR cutoff"):
+        CARFilter(group_by="instruction_id", keep="likeliest", top_k=2)
+    with pytest.raises(ValueError, match="min_reward needs keep='likeliest'"):
+        CARFilter(group_by="instruction_id", keep="best", min_reward=0.5)
+    with pytest.raises(RuntimeError, match="needs row indices"):
+        ds.filter(CARFilter(group_by="instruction_id", keep="likeliest"), batched=True)

@@ -10,7 +10,7 @@ Modules are imported when their engine is built, so vLLM and the HTTP client loa
 Example:
     >>> from car_hf.engines import Generation
     >>> Generation("Paris.", "stop", 3)
-    Generation(text='Paris.', finish_reason='stop', tokens=3)
+    Generation(text='Paris.', finish_reason='stop', tokens=3, token_ids=None)
 """
 
 from .base import Engine, Generation, Messages

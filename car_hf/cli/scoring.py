@@ -1,106 +1,33 @@
-"""``car-hf``: score a dataset, rank its generators, run the demo, publish. Thin: parses, calls the API, prints.
-
-    car-hf score DATA --base-model google/gemma-3-270m --reward-column judge_preference -o scored.parquet
-    car-hf rank scored.parquet --beta 1.0 --output-dir leaderboard/
-
-The scoring options are the fields of :class:`~car_hf.CARConfig`, as ``--score-max-length`` or
-``--score_max_length``; the old ``--max-length``, ``--dtype``, ``--device`` and ``--trust-remote-code`` still work
-(hidden, with a note). A user error ends with one ``car-hf <command>: error: ...`` line and exit status 2.
+"""``car-hf score | rank | demo | push``: score rows, rank their generators, run the demo, publish.
 
 Example:
-    >>> args = build_parser().parse_args(["score", "rows.jsonl", "--reward-column", "judge_preference",
-    ...                                   "--beta", "0.5", "--score-max-length", "512", "-o", "scored.parquet"])
-    >>> config = config_from_args(args)
-    >>> config.reward_column, config.beta, config.score_max_length, config.resolved_base_model
-    ('judge_preference', 0.5, 512, 'google/gemma-3-270m')
-    >>> main(["score", "rows.jsonl", "--beta", "-1", "-o", "scored.parquet"])  # stderr: car-hf score: error: beta ...
-    2
+    >>> from car_hf.cli import build_parser
+    >>> args = build_parser().parse_args(["rank", "scored.parquet", "--beta", "0.5", "--bootstrap", "0"])
+    >>> args.handler.__name__, args.beta, args.bootstrap
+    ('cmd_rank', 0.5, 0)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import Any, Mapping
 
 import datasets
-from transformers import HfArgumentParser
 
-from .adaptive import rank_adaptive
-from .config import KEYWORD_ALIASES, CARConfig
-from .data import load_data, map_scores, ranking_markdown, read_config, read_ranking, save_data, write_ranking
-from .demo import DEMO_MAX_LENGTH, run_demo
-from .errors import ConfigError, ModelLoadError, PublishError
-from .ranking import rank_generators
-from .scoring import CARScorer, scorer_for_ranking
-
-# The fields renamed with a score_ prefix (TRL owns the bare names): their old flags stay as hidden aliases.
-DEPRECATED_FLAGS = {f"--{old.replace('_', '-')}": field for old, field in KEYWORD_ALIASES.items()
-                    if field == f"score_{old}"}
+from ..adaptive import rank_adaptive
+from ..config import CARConfig
+from ..data import load_data, map_scores, ranking_markdown, read_config, read_ranking, save_data, write_ranking
+from ..demo import DEMO_MAX_LENGTH, run_demo
+from ..errors import ConfigError
+from ..ranking import rank_generators
+from ..scoring import CARScorer, scorer_for_ranking
+from .common import add_data_arguments, add_deprecated_flags, add_map_arguments, config_from_args
 
 
-class UsageError(Exception):
-    """A bad command line; its message is the whole ``car-hf <command>: error: ...`` line."""
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows the defaults worth reading: not None, not an unset flag's False."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(HfArgumentParser):
-    """HfArgumentParser (options from dataclass fields) whose errors are one line, not the usage block and a line."""
-
-    def __init__(self, dataclass_types: Any = None, **kwargs: Any):
-        super().__init__(dataclass_types, formatter_class=_HelpFormatter, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
-
-
-class _DeprecatedFlag(argparse.Action):
-    """An old flag: sets the field it was renamed to, and says so on stderr."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        new = "--" + self.dest.replace("_", "-")
-        print(f"{parser.prog}: note: {option_string} is deprecated, use {new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def _add_deprecated_flags(parser: _Parser) -> None:
-    for flag, field in DEPRECATED_FLAGS.items():
-        new = parser._option_string_actions[f"--{field}"]  # the option HfArgumentParser made from the field
-        parser.add_argument(flag, dest=field, action=_DeprecatedFlag, type=new.type, nargs=new.nargs,
-                            const=new.const, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data",
-                        help="a .json/.jsonl(.gz)/.parquet/.csv file, a save_to_disk folder, or a Hub dataset id")
-    parser.add_argument("--split", default="train", help="split of a Hub dataset or saved DatasetDict")
-    parser.add_argument("--by", default="generator", help="column naming each row's response generator")
-    parser.add_argument("--generators", type=lambda s: [g for g in s.split(",") if g],
-                        help="comma-separated generators to keep (default: all)")
-    parser.add_argument("--max-instructions", type=int,
-                        help="keep the first N distinct instructions (by instruction_id, else instruction)")
-
-
-def _add_map_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("datasets.map")
-    group.add_argument("--batch-size", type=int, default=64, help="rows per datasets.map batch")
-    group.add_argument("--num-proc", type=int, help="datasets.map workers, one per GPU (with_rank)")
-
-
-def _add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
+def add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ranking (with --beta and --reward-transform above)")
     group.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
     group.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples; 0 for none")
@@ -116,19 +43,14 @@ def _add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--plot", action="store_true", help="also write ranking.png (iso-CAR picture) into --output-dir")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="car-hf",
-        description="Compatibility-Adjusted Reward: rank response generators (teachers) for a base model.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def add_commands(commands: Any) -> None:
+    """The subcommands of this module, on ``car-hf``'s subparsers."""
     score = commands.add_parser("score", dataclass_types=[CARConfig],
                                 help="add reward, base_loss and car columns to a dataset",
                                 description="Score every row: reward, base-model loss, per-example CAR.")
-    _add_deprecated_flags(score)
-    _add_data_arguments(score)
-    _add_map_arguments(score)
+    add_deprecated_flags(score)
+    add_data_arguments(score)
+    add_map_arguments(score)
     score.add_argument("-o", "--output", required=True,
                        help="where to write: .parquet, .jsonl, or a folder (save_to_disk)")
 
@@ -136,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                                help="rank generators by CAR (scores first if base_loss is missing)",
                                description="Leaderboard of generators by CAR with bootstrap intervals. Data "
                                            "without a base_loss column is scored first with the scoring options.")
-    _add_deprecated_flags(rank)
-    _add_data_arguments(rank)
-    _add_map_arguments(rank)
-    _add_ranking_arguments(rank)
+    add_deprecated_flags(rank)
+    add_data_arguments(rank)
+    add_map_arguments(rank)
+    add_ranking_arguments(rank)
 
     demo = commands.add_parser(
         "demo", dataclass_types=[CARConfig],
@@ -148,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "AlpacaEval outputs on the Hub) for a base model, scoring instructions adaptively until the "
                     "leader is decided or the budget is spent; writes the ranking folder `car-hf push` publishes. "
                     "The reward is the judge's preference (judge_preference) unless --reward-model is given.")
-    _add_deprecated_flags(demo)
+    add_deprecated_flags(demo)
     demo.set_defaults(score_max_length=DEMO_MAX_LENGTH)
     demo.add_argument("--output-dir", default="car_demo", help="where to write")
     demo.add_argument("--zoo", help="zoo file (default: $CAR_HF_ZOO, else shared/data/alpaca_eval_zoo/zoo.jsonl.gz "
@@ -174,12 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--license", help="dataset license for the card (default: other)")
     push.add_argument("--base-model", help="model push: the base model id, when the folder does not record it")
     push.add_argument("--dataset-repo", help="model push: the training dataset's Hub id, linked from the card")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> CARConfig:
-    """The scoring options of a parsed command line; CARConfig validates them (a bad value: ConfigError)."""
-    return CARConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(CARConfig)})
+    for command, handler in ((score, cmd_score), (rank, cmd_rank), (demo, cmd_demo), (push, cmd_push)):
+        command.set_defaults(handler=handler)
 
 
 def _ranking_record(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,8 +173,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from . import hub
-    from .callbacks import read_selection_summary
+    from .. import hub
+    from ..callbacks import read_selection_summary
 
     folder = Path(args.path)
     common = {"private": args.private, "revision": args.revision, "commit_message": args.commit_message}
@@ -285,29 +203,3 @@ def _trained_base_model(folder: Path) -> str:
         if name:
             return name
     raise ConfigError(f"cannot tell the base model of {folder}: pass --base-model")
-
-
-# What a user can fix, reported as one line with exit status 2 and no traceback. ConfigError and InputError are
-# ValueErrors; ConnectionError: an unreachable Hub or server.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ConnectionError, ModelLoadError, PublishError)
-
-
-def _report(line: str) -> int:
-    print(" ".join(line.split()), file=sys.stderr)  # one line even when a library's message has several
-    return 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except UsageError as error:
-        return _report(str(error))
-    try:
-        return {"score": cmd_score, "rank": cmd_rank, "push": cmd_push, "demo": cmd_demo}[args.command](args)
-    except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        return _report(f"car-hf {args.command}: error: {message}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

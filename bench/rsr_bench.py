@@ -1,0 +1,147 @@
+"""What computing ``base_rank`` (RSR) in the loss pass costs: car_hf ``add_base_loss`` with it vs without.
+
+"Without" is the engine before ranks were added: :func:`car_hf.loss._head_scores` is replaced, in that worker only,
+by the NLL-only tile loop it grew from (below, :func:`_nll_only`), so both variants run the same backbone, batching
+and head GEMMs on the same rows, and differ only by the per-tile count of logits above the target's.
+
+How it measures (2 CPU cores shared with other work): the rows and the worker's clock/load readings are
+``bench/score_bench.py``'s (real AlpacaEval-zoo rows rendered by ``car_hf.formats``, 512-token cap). Every
+measurement is a fresh subprocess (load Gemma-3-270m fp32, warm up on 2 short rows, time ``Dataset.map`` on all
+rows); the two variants alternate within each round, the order flipped every round; the ratio is computed per round
+(with / without), by wall clock and by the worker's own CPU time (less sensitive to other processes), and the
+medians reported. Losses of the two variants must agree exactly (same code path).
+
+Usage:
+    python bench/rsr_bench.py                      # 32 rows, 3 rounds (~8 minutes on 2 cores)
+    python bench/rsr_bench.py --examples 8 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import score_bench  # noqa: E402  (the rows, the clocks and the load reading, shared with the scoring bench)
+
+MODEL = "google/gemma-3-270m"
+VARIANTS = ("without", "with")
+
+
+def _nll_only(model, hidden, targets, block, buffer=None, above=None):
+    """The head loop before ranks (car_hf 0.x ``_head_nll``): online log-sum-exp only; ranks returned as zeros."""
+    import torch
+
+    from car_hf import loss
+
+    rows = hidden.shape[0]
+    peak = torch.full((rows,), -math.inf, dtype=torch.float32)
+    total = torch.zeros(rows, dtype=torch.float64)
+    target_logit = torch.zeros(rows, dtype=torch.float32)
+    for lo, tile in loss._logit_tiles(model, hidden, block, buffer):
+        local = targets - lo
+        inside = (local >= 0) & (local < tile.shape[1])
+        picked = tile.gather(1, local.clamp(0, tile.shape[1] - 1)[:, None])[:, 0]
+        target_logit = torch.where(inside, picked, target_logit)
+        new_peak = torch.maximum(peak, tile.amax(1))
+        total.mul_(torch.exp(peak - new_peak).double())
+        total.add_(tile.sub_(new_peak[:, None]).exp_().sum(1).double())
+        peak = new_peak
+    return peak.double() + total.log() - target_logit.double(), torch.zeros(rows, dtype=torch.int64)
+
+
+def run_worker(spec: dict) -> dict:
+    score_bench._worker_env()
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import datasets
+    import transformers
+
+    from car_hf import add_base_loss, loss, models
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    if spec["variant"] == "without":
+        loss._head_scores = _nll_only
+    rows = score_bench._zoo_rows(spec["examples"])
+    warm = sorted(rows, key=lambda r: len(r["instruction"]) + len(r["output"]))[:2]
+    pair = models.load_model(MODEL, dtype="float32", device="cpu")
+
+    def run(rs):
+        return datasets.Dataset.from_list(rs).map(add_base_loss(pair, max_length=spec["max_length"]), batched=True)
+
+    run(warm)
+    ticks, own = score_bench._cpu_ticks(), score_bench._self_ticks()
+    t = time.perf_counter()
+    scored = run(rows)
+    seconds = time.perf_counter() - t
+    cpu = score_bench._self_ticks() - own
+    return {"variant": spec["variant"], "round": spec["round"], "seconds": seconds, "cpu_seconds": cpu,
+            "other_load": score_bench.other_load(ticks, score_bench._cpu_ticks(), cpu),
+            "base_loss": list(scored["base_loss"]), "base_rank": list(scored["base_rank"]),
+            "tokens": sum(scored["base_loss_tokens"])}
+
+
+def measure(spec: dict) -> dict:
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), TOKENIZERS_PARALLELISM="false",
+                   HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", out.name],
+                              env=env, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"rsr_bench: worker {spec} failed:\n{proc.stderr[-4000:]}")
+        return json.load(open(out.name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        Path(args.worker_out).write_text(json.dumps(run_worker(json.loads(args.worker))))
+        return 0
+    ratios, cpu_ratios, by_variant = [], [], {v: [] for v in VARIANTS}
+    for k in range(args.rounds):
+        order = VARIANTS if k % 2 == 0 else VARIANTS[::-1]
+        results = {}
+        for variant in order:
+            spec = {"variant": variant, "round": k, "examples": args.examples, "max_length": args.max_length,
+                    "threads": args.threads}
+            results[variant] = measure(spec)
+            r = results[variant]
+            by_variant[variant].append(r)
+            print(f"round {k} {variant:>7}: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} CPU s, "
+                  f"other load {r['other_load']:.0%}, {r['tokens']} response tokens)", flush=True)
+        if json.dumps(results["with"]["base_loss"]) != json.dumps(results["without"]["base_loss"]):  # NaN-safe
+            raise SystemExit("rsr_bench: the two variants' losses differ: they must run the same code path")
+        ratios.append(results["with"]["seconds"] / results["without"]["seconds"])
+        cpu_ratios.append(results["with"]["cpu_seconds"] / results["without"]["cpu_seconds"])
+        print(f"round {k} ratio with/without: {ratios[-1]:.3f} wall, {cpu_ratios[-1]:.3f} CPU", flush=True)
+    ranks = by_variant["with"][0]["base_rank"]
+    print(json.dumps({
+        "examples": args.examples, "rounds": args.rounds, "max_length": args.max_length,
+        "median_seconds": {v: statistics.median(r["seconds"] for r in rs) for v, rs in by_variant.items()},
+        "ratios": [round(x, 3) for x in ratios], "median_ratio": round(statistics.median(ratios), 3),
+        "cpu_ratios": [round(x, 3) for x in cpu_ratios], "median_cpu_ratio": round(statistics.median(cpu_ratios), 3),
+        "base_rank_mean": statistics.fmean(x for x in ranks if not math.isnan(x)),
+    }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""``car-hf``: score a dataset, rank its generators, run the demo, publish. Thin: parses, calls the API, prints.
+
+    car-hf score DATA --base-model google/gemma-3-270m --reward-column judge_preference -o scored.parquet
+    car-hf rank scored.parquet --beta 1.0 --output-dir leaderboard/
+
+The scoring options are the fields of :class:`~car_hf.CARConfig`, as ``--score-max-length`` or
+``--score_max_length``; the old ``--max-length``, ``--dtype``, ``--device`` and ``--trust-remote-code`` still work
+(hidden, with a note). A user error ends with one ``car-hf <command>: error: ...`` line and exit status 2.
+
+Example:
+    >>> args = build_parser().parse_args(["score", "rows.jsonl", "--reward-column", "judge_preference",
+    ...                                   "--beta", "0.5", "--score-max-length", "512", "-o", "scored.parquet"])
+    >>> config = config_from_args(args)
+    >>> config.reward_column, config.beta, config.score_max_length, config.resolved_base_model
+    ('judge_preference', 0.5, 512, 'google/gemma-3-270m')
+    >>> main(["score", "rows.jsonl", "--beta", "-1", "-o", "scored.parquet"])  # stderr: car-hf score: error: beta ...
+    2
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from ..errors import ModelLoadError, PublishError
+from . import scoring, teachers
+from .common import DEPRECATED_FLAGS, Parser, UsageError, config_from_args
+
+__all__ = ["DEPRECATED_FLAGS", "build_parser", "config_from_args", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="car-hf",
+        description="Compatibility-Adjusted Reward: rank response generators (teachers) for a base model.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    scoring.add_commands(commands)
+    teachers.add_commands(commands)
+    return parser
+
+
+# What a user can fix, reported as one line with exit status 2 and no traceback. ConfigError and InputError are
+# ValueErrors; ConnectionError: an unreachable Hub or server.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ConnectionError, ModelLoadError, PublishError)
+
+
+def _report(line: str) -> int:
+    print(" ".join(line.split()), file=sys.stderr)  # one line even when a library's message has several
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        return _report(str(error))
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        return _report(f"car-hf {args.command}: error: {message}")
+

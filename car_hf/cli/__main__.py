@@ -1,0 +1,7 @@
+"""``python -m car_hf.cli``: the ``car-hf`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

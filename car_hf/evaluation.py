@@ -1,0 +1,382 @@
+"""Evaluate a (tuned) student: generate its answers to held-out instructions, then score them.
+
+:func:`evaluate_student` generates with car_hf's generation engine (:func:`car_hf.generate.add_responses`; greedy
+by default) from a model folder, a Hub id, a loaded ``(model, tokenizer)`` pair or a LoRA adapter folder (merged
+into its base), and scores every answer with any of three scorers (:class:`EvaluationConfig`):
+
+* ``reward``: a reward model or reward function (:func:`car_hf.add_reward`) → per item ``reward``;
+* ``metric``: reference answers through an ``evaluate`` metric after an answer extractor (default: car_hf's
+  offline ``answer_match`` after :func:`car_hf.tasks.extract_answer`) → per item ``correct``;
+* ``judge``: an LLM judge on an OpenAI-compatible endpoint (through the generation engine's ``openai`` engine,
+  i.e. ``huggingface_hub.InferenceClient``), pairwise against the ``reference_column`` outputs → per item
+  ``judge_win`` (1: the student's answer preferred, 0: the reference's, NaN: the verdict was unreadable). The
+  student's answer is shown first or second at random (seeded) to cancel the judge's position bias.
+
+The summary gives, per measure, the mean over items and a percentile-bootstrap interval over items:
+``reward``, ``accuracy``, ``win_rate`` and ``lc_win_rate``. The length-controlled win rate is a simplified
+AlpacaEval-2 LC: a logistic regression ``P(win) = sigmoid(b0 + b1 * tanh(d / sd(d)))`` of the judge's verdict on
+the character-length difference ``d`` = len(student) - len(reference), reported at zero difference
+(``sigmoid(b0)``); it is left out (with the reason in ``lc_note``) when every verdict is the same or fewer than
+:data:`MIN_LC_ITEMS` items have a verdict. Per-item results are kept for paired tests between students
+(:func:`paired_comparison`).
+
+Example:
+    >>> bootstrap_interval([1, 0, 1, 1], n_bootstrap=0)
+    {'mean': 0.75, 'low': nan, 'high': nan, 'n': 4}
+    >>> round(length_controlled_win_rate([1, 1, 0, 0, 1, 0, 1, 0], [50, 40, -30, -20, 10, 5, -5, -60]), 3)
+    0.5
+    >>> parse_verdict(" (b) is better"), parse_verdict("neither")
+    ('b', None)
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputError
+from .tasks import ANSWER_MATCH, extract_answer
+from .teacher import TeacherConfig
+
+MIN_LC_ITEMS = 10
+MEASURES = {"accuracy": "correct", "reward": "reward", "win_rate": "judge_win"}
+"""Summary measure → the per-item column it averages (``lc_win_rate`` has no per-item value)."""
+
+JUDGE_PROMPT = """You compare two outputs for the same instruction and say which one is better: more helpful, \
+correct and relevant. Ignore the order in which they are shown.
+
+## Instruction
+{instruction}
+
+## Output (a)
+{a}
+
+## Output (b)
+{b}
+
+Which output is better? Answer with a single letter: a or b."""
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge served on an OpenAI-compatible endpoint (vLLM, TGI, llama.cpp, a hosted API)."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    reference_column: str = "reference"
+    max_concurrency: int = 8
+    max_retries: int = 5
+
+    def generator(self) -> Any:
+        from .generate import add_responses
+
+        # Greedy, a few tokens: the verdict is one letter.
+        return add_responses(self.model, engine="openai", base_url=self.base_url, api_key_env=self.api_key_env,
+                             max_new_tokens=8, temperature=0.0, max_concurrency=self.max_concurrency,
+                             max_retries=self.max_retries)
+
+
+@dataclass
+class EvaluationConfig:
+    """How students are evaluated: generation options and the scorers (at least one)."""
+
+    generation: TeacherConfig = field(default_factory=lambda: TeacherConfig(max_new_tokens=256))
+    reward: Any = None  # a reward model (id, folder, pair) or function, or "module:function"
+    metric: str | None = None  # an evaluate module: a name, a path, or car_hf.tasks.ANSWER_MATCH
+    answer_column: str = "answer"
+    metric_key: str = "exact_match"
+    extractor: Callable[[str], str] | str | None = extract_answer  # None: the whole answer; or "module:function"
+    judge: JudgeConfig | None = None
+    n_bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def measures(self) -> list[str]:
+        """The summary measures these scorers give, the first being the default one to rank students by."""
+        return ([m for m, on in (("accuracy", self.metric), ("reward", self.reward is not None)) if on]
+                + (["win_rate", "lc_win_rate"] if self.judge else []))
+
+    def check(self, heldout: Any) -> None:
+        """Refuse an empty held-out set, no scorer, or a scorer whose reference column is missing."""
+        if heldout is None or len(heldout) == 0:
+            raise InputError("the held-out set is empty: evaluation needs held-out instructions")
+        if not self.measures():
+            raise ConfigError("no scorer: set a reward (model or function), a metric, or a judge")
+        columns = list(heldout.column_names)
+        for needed, column in ((self.metric, self.answer_column), (self.judge, getattr(self.judge, "reference_column",
+                                                                                     None))):
+            if needed and column not in columns:
+                raise InputError(f"the held-out set has no column {column!r} (the references the "
+                                 f"{'metric' if needed is self.metric else 'judge'} needs); it has {columns}")
+
+    def identity(self) -> dict[str, Any]:
+        """What evaluation results depend on, for :mod:`car_hf.cache` keys."""
+        extractor = self.extractor if isinstance(self.extractor, (str, type(None))) else \
+            f"{self.extractor.__module__}.{self.extractor.__qualname__}"
+        return {"generation": self.generation.cache_key(), "reward": str(self.reward), "metric": self.metric,
+                "answer_column": self.answer_column, "metric_key": self.metric_key, "extractor": extractor,
+                "judge": vars(self.judge) if self.judge else None, "n_bootstrap": self.n_bootstrap,
+                "confidence": self.confidence, "seed": self.seed}
+
+
+@dataclass
+class EvaluationArguments:
+    """The scorers as flat command-line/YAML options (``recipes/evaluate.py``, ``recipes/pilot.py``)."""
+
+    reward: str | None = field(default=None, metadata={"help": "Reward model (Hub id, folder) or module:function."})
+    metric: str | None = field(
+        default=None, metadata={"help": "An evaluate module (name or path); 'answer_match': car_hf's offline one."})
+    answer_column: str = field(default="answer", metadata={"help": "Column of reference answers (metric)."})
+    metric_key: str = field(default="exact_match", metadata={"help": "The metric's result key (one value per item)."})
+    extractor: str | None = field(
+        default="car_hf.tasks:extract_answer",
+        metadata={"help": "module:function extracting the answer the metric compares ('none': the whole text)."})
+    judge_base_url: str | None = field(default=None, metadata={"help": "The judge's OpenAI-compatible endpoint."})
+    judge_model: str | None = field(default=None, metadata={"help": "The model name the judge endpoint serves."})
+    judge_api_key_env: str | None = field(default=None, metadata={"help": "NAME of the variable holding its token."})
+    reference_column: str = field(default="reference", metadata={"help": "Reference outputs the judge compares to."})
+    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of held-out items (0: none)."})
+    confidence: float = field(default=0.95, metadata={"help": "Level of the intervals."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and of the judge's order."})
+
+    def config(self, generation: TeacherConfig) -> EvaluationConfig:
+        if bool(self.judge_base_url) != bool(self.judge_model):
+            raise ConfigError("a judge needs both judge_base_url and judge_model")
+        judge = JudgeConfig(self.judge_base_url, self.judge_model, self.judge_api_key_env,
+                            self.reference_column) if self.judge_base_url else None
+        metric = ANSWER_MATCH if self.metric == "answer_match" else self.metric
+        extractor = None if self.extractor in (None, "none") else self.extractor
+        return EvaluationConfig(generation, self.reward, metric, self.answer_column, self.metric_key, extractor,
+                                judge, self.n_bootstrap, self.confidence, self.eval_seed)
+
+
+@dataclass
+class StudentEvaluation:
+    """A student's per-item results (``items``) and the ``summary`` per measure (mean, low, high, n)."""
+
+    name: str
+    items: pd.DataFrame
+    summary: dict[str, dict[str, Any]]
+
+    def scores(self, measure: str) -> np.ndarray:
+        """Per-item values of a measure (``lc_win_rate`` pairs by the judge's per-item verdicts)."""
+        column = MEASURES.get(measure.replace("lc_", ""))
+        if column not in self.items.columns:
+            raise KeyError(f"measure {measure!r} was not evaluated; evaluated: {sorted(self.summary)}")
+        return self.items[column].to_numpy(dtype=float)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def bootstrap_interval(values: Sequence[float], n_bootstrap: int = 1000, confidence: float = 0.95,
+                       seed: int = 0) -> dict[str, Any]:
+    """Mean of the finite ``values`` and its percentile-bootstrap interval over items (NaN bounds without one)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    low = high = math.nan
+    if n_bootstrap:
+        means = x[np.random.default_rng(seed).integers(0, len(x), (n_bootstrap, len(x)))].mean(axis=1)
+        tail = 100 * (1 - confidence) / 2
+        low, high = (float(v) for v in np.percentile(means, [tail, 100 - tail]))
+    return {"mean": float(x.mean()), "low": low, "high": high, "n": int(len(x))}
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], n_bootstrap: int = 1000, confidence: float = 0.95,
+                      seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap over items of mean(a - b) (items where both are finite): the difference, its interval,
+    and the two-sided bootstrap p-value ``min(1, 2 * min(P*(d <= 0), P*(d >= 0)))``.
+
+    >>> result = paired_comparison([1, 1, 1, 0, 1, 1], [0, 1, 0, 0, 0, 1], n_bootstrap=2000)
+    >>> result["difference"], result["n"], result["p_value"] < 0.2
+    (0.5, 6, True)
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise InputError(f"paired comparison needs the same items: {len(a)} vs {len(b)} values")
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    result = bootstrap_interval(d, n_bootstrap, confidence, seed)
+    p_value = math.nan
+    if n_bootstrap and len(d):
+        means = d[np.random.default_rng(seed).integers(0, len(d), (n_bootstrap, len(d)))].mean(axis=1)
+        p_value = float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
+    return {"test": "paired bootstrap over held-out items", "difference": result["mean"], "low": result["low"],
+            "high": result["high"], "p_value": p_value, "n": result["n"]}
+
+
+def _logistic_intercept(y: np.ndarray, x: np.ndarray, ridge: float = 1e-3) -> float:
+    """sigmoid(b0) of a ridge-penalised logistic regression y ~ b0 + b1 x (Newton's method)."""
+    design = np.column_stack([np.ones_like(x), x])
+    w = np.zeros(2)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-design @ w))
+        gradient = design.T @ (y - p) - ridge * w
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + ridge * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(1 / (1 + np.exp(-w[0])))
+
+
+def length_controlled_win_rate(wins: Sequence[float], length_difference: Sequence[float]) -> float:
+    """The judge's preference for the student at zero length difference (see the module docstring)."""
+    y, d = np.asarray(wins, dtype=float), np.asarray(length_difference, dtype=float)
+    keep = np.isfinite(y)
+    y, d = y[keep], d[keep]
+    scale = d.std()
+    x = np.tanh(d / scale) if scale > 0 else np.zeros_like(d)
+    return _logistic_intercept(y, x)
+
+
+# ------------------------------------------------------------------------------------------------ scorers
+def _import(spec: str, what: str) -> Any:
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f"{what} {spec!r} cannot be imported (expected module:function): {error}") from None
+
+
+def metric_scores(texts: Sequence[str], references: Sequence[Any], metric: str = ANSWER_MATCH,
+                  extractor: Callable[[str], str] | str | None = extract_answer, key: str = "exact_match") -> list[float]:
+    """Per-item value of an ``evaluate`` metric on the extracted answers; refuses a metric giving non-numbers.
+
+    >>> metric_scores(["It is 12.", "13"], ["12", "12"])
+    [1.0, 0.0]
+    """
+    import evaluate
+
+    extract = _import(extractor, "extractor") if isinstance(extractor, str) else extractor or (lambda text: text)
+    module = evaluate.load(metric)
+    predictions, references = [extract(t) for t in texts], [str(r) for r in references]
+    result = module.compute(predictions=predictions, references=references)
+    if isinstance(result, dict) and isinstance(result.get("scores"), list):  # one call scores every pair
+        values = result["scores"]
+    else:
+        values = [module.compute(predictions=[p], references=[r]) for p, r in zip(predictions, references)]
+        missing = [v for v in values if not isinstance(v, dict) or key not in v]
+        if missing:
+            raise ConfigError(f"metric {metric!r} returned {missing[0]!r}, without the key {key!r} (metric_key)")
+        values = [v[key] for v in values]
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float, np.number))]
+    if bad:
+        raise InputError(f"metric {metric!r} returned a non-number for key {key!r}: {bad[0]!r}; a student is "
+                         "measured by a number per item")
+    return [float(v) for v in values]
+
+
+def parse_verdict(text: str) -> str | None:
+    """The judge's choice, ``"a"`` or ``"b"``, from the start of its answer (None when unreadable)."""
+    found = re.match(r"\W*(?:output\s*)?\(?([ab])\b", text.strip().lower())
+    return found.group(1) if found else None
+
+
+def judge_wins(judge: JudgeConfig, instructions: Sequence[str], answers: Sequence[str], references: Sequence[str],
+               seed: int = 0) -> list[float]:
+    """Per item 1.0 when the judge prefers the student's answer to the reference, 0.0 when not, NaN unreadable."""
+    student_first = np.random.default_rng(seed).integers(0, 2, len(answers)).astype(bool)
+    prompts = [JUDGE_PROMPT.format(instruction=q, a=s if first else r, b=r if first else s)
+               for q, s, r, first in zip(instructions, answers, references, student_first)]
+    verdicts = [parse_verdict(g.text) for g in judge.generator().generate(prompts)]
+    return [math.nan if v is None else float((v == "a") == first) for v, first in zip(verdicts, student_first)]
+
+
+# ------------------------------------------------------------------------------------------------ the student
+def load_student(model: Any) -> Any:
+    """A LoRA adapter folder as its merged ``(model, tokenizer)`` pair; anything else as given."""
+    if isinstance(model, (str, os.PathLike)) and (Path(model) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM, PeftConfig
+        from transformers import AutoTokenizer
+
+        # Merged: the generation engine runs a plain causal LM, and merged weights generate faster.
+        merged = AutoPeftModelForCausalLM.from_pretrained(str(model)).merge_and_unload().eval()
+        has_tokenizer = (Path(model) / "tokenizer_config.json").is_file()
+        source = str(model) if has_tokenizer else PeftConfig.from_pretrained(str(model)).base_model_name_or_path
+        return merged, AutoTokenizer.from_pretrained(source)
+    return model
+
+
+def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None = None, *,
+                     name: str | None = None) -> StudentEvaluation:
+    """Generate ``model``'s answers to ``heldout`` (a Dataset with an instruction/prompt/messages column) and score
+    them with ``config``'s scorers.
+
+    Example (needs a model; see tests/test_evaluation.py):
+        >>> from car_hf.tasks import ANSWER_MATCH, make_tasks
+        >>> result = evaluate_student("HuggingFaceTB/SmolLM2-135M-Instruct", make_tasks(20, seed=1),
+        ...                           EvaluationConfig(metric=ANSWER_MATCH))  # doctest: +SKIP
+        >>> result.summary["accuracy"]  # doctest: +SKIP
+        {'mean': 0.35, 'low': 0.15, 'high': 0.55, 'n': 20}
+    """
+    import dataclasses
+
+    config = config or EvaluationConfig()
+    config.check(heldout)
+    name = name or (str(model) if isinstance(model, (str, os.PathLike)) else "student")
+    generation = dataclasses.replace(config.generation, generation_column="response", teacher_name=name)
+    from .generate import add_responses
+
+    answered = heldout.map(add_responses(load_student(model), config=generation), batched=True,
+                           with_indices=True, desc=f"answers of {name}")
+    items = answered.select_columns([c for c in answered.column_names if not c.endswith("_provenance")]).to_pandas()
+    texts = items["response"].fillna("").tolist()
+    if config.metric:
+        items["correct"] = metric_scores(texts, items[config.answer_column], config.metric, config.extractor,
+                                         config.metric_key)
+    if config.reward is not None:
+        from .reward import add_reward
+
+        items["reward"] = answered.map(add_reward(config.reward), batched=True, with_indices=True,
+                                       desc="rewards")["reward"]
+    if config.judge:
+        references = items[config.judge.reference_column].astype(str).tolist()
+        items["judge_win"] = judge_wins(config.judge, answered[_prompt_column(answered)], texts, references,
+                                        config.seed)
+        items["length_difference"] = [len(s) - len(r) for s, r in zip(texts, references)]
+    return StudentEvaluation(name, items, summarize(items, config))
+
+
+def _prompt_column(ds: Any) -> str:
+    from .generate import input_column
+
+    return input_column(ds.column_names, TeacherConfig())
+
+
+def summarize(items: pd.DataFrame, config: EvaluationConfig) -> dict[str, dict[str, Any]]:
+    """Per measure: the mean over items with its bootstrap interval (see the module docstring)."""
+    boot = {"n_bootstrap": config.n_bootstrap, "confidence": config.confidence, "seed": config.seed}
+    summary = {m: bootstrap_interval(items[c], **boot) for m, c in MEASURES.items() if c in items.columns}
+    if "judge_win" in items.columns:
+        summary["lc_win_rate"] = lc_summary(items["judge_win"].to_numpy(float),
+                                            items["length_difference"].to_numpy(float), **boot)
+    return summary
+
+
+def lc_summary(wins: np.ndarray, difference: np.ndarray, n_bootstrap: int, confidence: float,
+               seed: int) -> dict[str, Any]:
+    """The length-controlled win rate with a bootstrap interval over items, or the reason it is left out."""
+    keep = np.isfinite(wins)
+    wins, difference = wins[keep], difference[keep]
+    if len(wins) < MIN_LC_ITEMS or len(set(wins.tolist())) < 2:
+        note = (f"fewer than {MIN_LC_ITEMS} verdicts" if len(wins) < MIN_LC_ITEMS
+                else "the judge gave the same verdict on every item")
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": int(len(wins)), "lc_note": note}
+    value = length_controlled_win_rate(wins, difference)
+    low = high = math.nan
+    if n_bootstrap:
+        picks = np.random.default_rng(seed).integers(0, len(wins), (n_bootstrap, len(wins)))
+        values = [length_controlled_win_rate(wins[p], difference[p]) for p in picks]
+        tail = 100 * (1 - confidence) / 2
+        low, high = (float(v) for v in np.percentile(values, [tail, 100 - tail]))
+    return {"mean": value, "low": low, "high": high, "n": int(len(wins))}

@@ -1,0 +1,205 @@
+"""car_hf.pilot: the CI-sized pilot (tiny student, scripted teachers, seconds) and its refusals of bad input.
+
+What the CI-sized pilot checks: three scripted teachers answer the same 40 letter-counting instructions — one
+always right, one right on two thirds and "9" on the rest, one always "9" (never a right count: no word in
+make_tasks has a letter 9 times). A tiny random student is LoRA-tuned on each for a few epochs; that is enough to
+copy the answer *format* and the most common answer (a one-digit count; most letters occur once), so the students
+of the first two teachers get some held-out counts right, while the all-"9" teacher's student answers "9" and
+gets none: it must come out last. The report's ρ must equal scipy's on the same numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trl
+from datasets import Dataset
+from scipy.stats import spearmanr
+from trl import ModelConfig, SFTConfig
+
+import car_hf.pilot
+from car_hf import ConfigError, InputError
+from car_hf.evaluation import EvaluationConfig
+from car_hf.pilot import BASELINE, choose_teachers, run_pilot
+from car_hf.ranking import rank_generators
+from car_hf.tasks import ANSWER_MATCH, make_tasks
+from car_hf.teacher import TeacherConfig
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN = 40
+LOSS = {"right": 2.0, "mostly right": 1.5, "all wrong": 1.0}  # CAR: right .33, mostly right .27, all wrong 0
+
+
+def _recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipes_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+pilot_recipe = _recipe("pilot")
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return make_tasks(N_TRAIN + 20, seed=0, types=["count_letters"])
+
+
+def scripted_pool(tasks, teachers=LOSS) -> Dataset:
+    rows = []
+    for name, loss in teachers.items():
+        for i, task in enumerate(tasks.select(range(N_TRAIN))):
+            wrong = name == "all wrong" or (name == "mostly right" and i % 3 == 2)
+            rows.append({"instruction": task["instruction"], "response": "9" if wrong else task["answer"],
+                         "generator": name, "reward": 0.0 if wrong else 1.0, "base_loss": loss})
+    return Dataset.from_list(rows)
+
+
+def heldout_of(tasks):
+    return tasks.select(range(N_TRAIN, len(tasks)))
+
+
+def budget(tmp_path, tiny_model_dir, **overrides):
+    training_args = SFTConfig(output_dir=str(tmp_path / "unused"), per_device_train_batch_size=8, num_train_epochs=3,
+                              learning_rate=1e-2, bf16=False, activation_checkpointing=False, use_cpu=True,
+                              report_to=[], save_strategy="no", logging_steps=100, seed=0, **overrides)
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), use_peft=True, lora_r=8, lora_alpha=16)
+    model_args.lora_target_modules = "all-linear"  # the tiny student learns the answer format within 15 steps
+    return training_args, model_args
+
+
+EVALUATION = EvaluationConfig(generation=TeacherConfig(max_new_tokens=4), metric=ANSWER_MATCH, n_bootstrap=200)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if a trainer is built."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a trainer was built before the input error was reported")
+
+    monkeypatch.setattr(trl.SFTTrainer, "__init__", refuse)
+
+
+# ------------------------------------------------------------------------------------------------ the CI-sized pilot
+def run_recipe(tmp_path, tiny_model_dir, pool, heldout):
+    """recipes/pilot.py with recipes/configs/pilot_tiny_cpu.yaml, in this process."""
+    pool.to_json(tmp_path / "pool.jsonl")
+    heldout.to_json(tmp_path / "heldout.jsonl")
+    args = pilot_recipe.make_parser().parse_args_and_config([
+        "--config", str(REPO / "recipes" / "configs" / "pilot_tiny_cpu.yaml"), "--model_name_or_path",
+        str(tiny_model_dir), "--dataset_name", str(tmp_path / "pool.jsonl"), "--heldout_name",
+        str(tmp_path / "heldout.jsonl"), "--output_dir", str(tmp_path / "pilot")])
+    return pilot_recipe.main(*args)
+
+
+def test_ci_sized_pilot_ranks_the_all_wrong_teacher_last_and_resumes(tmp_path, tasks, tiny_model_dir, hf_cache,
+                                                                     monkeypatch):
+    start = time.time()
+    report = run_recipe(tmp_path, tiny_model_dir, scripted_pool(tasks), heldout_of(tasks))
+    print(f"CI-sized pilot: {time.time() - start:.1f} s")
+
+    t = report.teachers.set_index("teacher")
+    assert set(t.index) == set(LOSS)
+    assert t.loc["all wrong", "realized"] == 0.0
+    assert t.loc["all wrong", "realized"] < t.drop(index="all wrong")["realized"].min()
+    assert report.teachers["teacher"].iloc[-1] == "all wrong" and t.loc["all wrong", "realized_rank"] == 3
+    assert t.loc["right", "chosen_because"] == "CAR rank 1" and t.loc["all wrong", "chosen_because"] == "CAR rank 3"
+    assert (t["n_items"] == 20).all() and (t["realized_low"] <= t["realized"]).all()
+    # The report's ρ is scipy's on the same numbers.
+    order = report.teachers
+    expected = spearmanr(order["car"], order["realized"]).statistic
+    assert report.rho("CAR") == pytest.approx(expected)
+    assert report.rho("Reward") == pytest.approx(spearmanr(order["reward"], order["realized"]).statistic)
+    assert report.spearman.set_index("metric").loc["CAR", "rho_low"] <= report.rho("CAR") + 1e-12
+    assert report.paired["first"] == order["teacher"].iloc[0] and report.paired["n"] == 20
+    assert report.baseline["n"] == 20 and BASELINE in report.evaluations
+    assert report.budget["n_instructions"] == N_TRAIN and report.budget["lora_r"] == 8
+    assert report.cost["total"]["wall_seconds"] > 0 and t["train_seconds"].notna().all()
+    for name in ("report.md", "report.json", "teachers.csv", "spearman.csv", "items.csv", "pilot.png"):
+        assert (tmp_path / "pilot" / name).is_file()
+    assert "## Pilot: predicted vs. realized (accuracy)" in (tmp_path / "pilot" / "report.md").read_text()
+
+    # Resumable per teacher: a rerun trains and evaluates nothing, and reports the same numbers.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished student was trained or evaluated again")
+
+    monkeypatch.setattr(trl.SFTTrainer, "__init__", refuse)
+    monkeypatch.setattr(car_hf.pilot, "evaluate_student", refuse)
+    again = run_recipe(tmp_path, tiny_model_dir, scripted_pool(tasks), heldout_of(tasks))
+    assert again.teachers["realized"].tolist() == report.teachers["realized"].tolist()
+    assert again.cost["right"]["train_seconds"] == report.cost["right"]["train_seconds"]
+
+
+def test_default_choice_is_car_top3_reward_winner_and_bottom_deduplicated():
+    table = rank_generators({"generator": list("abcdef"), "reward": [.9, .8, .7, .95, .1, .5],
+                             "base_loss": [1.0, 1.2, 1.1, 4.0, 1.0, 1.3]}, n_bootstrap=0)
+    assert [t for t, _ in choose_teachers(table)] == ["a", "b", "c", "d", "e"]
+    assert choose_teachers(table, ["e", "a", "e"]) == [("e", "chosen by the user"), ("a", "chosen by the user")]
+    small = rank_generators({"generator": ["a", "b"], "reward": [.9, .8], "base_loss": [1.0, 1.2]}, n_bootstrap=0)
+    assert [t for t, _ in choose_teachers(small)] == ["a", "b"]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_fewer_than_two_teachers_is_refused(tmp_path, tasks, tiny_model_dir, no_training):
+    with pytest.raises(InputError, match="at least 2 teachers"):
+        run_pilot(scripted_pool(tasks), heldout_of(tasks), *budget(tmp_path, tiny_model_dir), EVALUATION,
+                  n_instructions=10, output_dir=tmp_path, teachers=["right"])
+    with pytest.raises(InputError, match=r"teacher\(s\) \['nobody'\] are not in the pool"):
+        run_pilot(scripted_pool(tasks), heldout_of(tasks), *budget(tmp_path, tiny_model_dir), EVALUATION,
+                  n_instructions=10, output_dir=tmp_path, teachers=["right", "nobody"])
+
+
+def test_teachers_answering_other_instructions_are_refused(tmp_path, tasks, tiny_model_dir, no_training):
+    pool = scripted_pool(tasks)
+    pool = pool.filter(lambda r, i: not (r["generator"] == "all wrong" and i % N_TRAIN < 5), with_indices=True)
+    with pytest.raises(InputError, match="must answer the same instructions: they share 35, fewer than "
+                                         r"n_instructions=40 \(.*'all wrong': 35"):
+        run_pilot(pool, heldout_of(tasks), *budget(tmp_path, tiny_model_dir), EVALUATION, n_instructions=N_TRAIN,
+                  output_dir=tmp_path)
+
+
+def test_empty_and_overlapping_heldout_sets_are_refused(tmp_path, tasks, tiny_model_dir, no_training):
+    args = (*budget(tmp_path, tiny_model_dir), EVALUATION)
+    with pytest.raises(InputError, match="held-out set is empty"):
+        run_pilot(scripted_pool(tasks), heldout_of(tasks).select([]), *args, n_instructions=10, output_dir=tmp_path)
+    overlapping = tasks.select([N_TRAIN, 3, N_TRAIN + 1])
+    with pytest.raises(InputError, match=r"overlaps the training instructions in 1 row\(s\) \(row 1: .How many times does the letter '"):
+        run_pilot(scripted_pool(tasks), overlapping, *args, n_instructions=10, output_dir=tmp_path)
+    # Instructions of the pool the students do not train on (beyond n_instructions) may be held out.
+    with pytest.raises(InputError, match="held-out set has no column 'answer'"):
+        run_pilot(scripted_pool(tasks), tasks.select([30]).remove_columns("answer"), *args, n_instructions=10,
+                  output_dir=tmp_path)
+
+
+def test_a_metric_returning_non_numbers_fails_before_training(tmp_path, tasks, tiny_model_dir, no_training, hf_cache):
+    folder = tmp_path / "word_metric"
+    folder.mkdir()
+    (folder / "word_metric.py").write_text(
+        "import datasets\nimport evaluate\n"
+        "class WordMetric(evaluate.Metric):\n"
+        "    def _info(self):\n"
+        "        return evaluate.MetricInfo(description='', citation='', features=datasets.Features(\n"
+        "            {'predictions': datasets.Value('string'), 'references': datasets.Value('string')}))\n"
+        "    def _compute(self, predictions, references):\n"
+        "        return {'exact_match': 'good'}\n")
+    evaluation = EvaluationConfig(generation=TeacherConfig(max_new_tokens=2), metric=str(folder / "word_metric.py"),
+                                  n_bootstrap=0)
+    with pytest.raises(InputError, match="returned a non-number for key 'exact_match': 'good'"):
+        run_pilot(scripted_pool(tasks), heldout_of(tasks).select(range(3)), *budget(tmp_path, tiny_model_dir),
+                  evaluation, n_instructions=10, output_dir=tmp_path)
+
+
+def test_bad_options_are_refused(tmp_path, tasks, tiny_model_dir, no_training):
+    args = (scripted_pool(tasks), heldout_of(tasks), *budget(tmp_path, tiny_model_dir))
+    with pytest.raises(ConfigError, match="no scorer"):
+        run_pilot(*args, EvaluationConfig(), n_instructions=10, output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="measure 'reward' is not among the evaluated measures"):
+        run_pilot(*args, EVALUATION, n_instructions=10, output_dir=tmp_path, measure="reward")
+    with pytest.raises(ConfigError, match="n_instructions must be >= 1"):
+        run_pilot(*args, EVALUATION, n_instructions=0, output_dir=tmp_path)
