@@ -37,7 +37,7 @@ MODEL = "google/gemma-3-270m"
 VARIANTS = ("without", "with")
 
 
-def _nll_only(model, hidden, targets, block, buffer=None, above=None):
+def _nll_only(model, hidden, targets, block, buffer=None):
     """The head loop before ranks (car_hf 0.x ``_head_nll``): online log-sum-exp only; ranks returned as zeros."""
     import torch
 

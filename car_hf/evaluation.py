@@ -23,14 +23,16 @@ the character-length difference ``d`` = len(student) - len(reference), reported 
 Example:
     >>> bootstrap_interval([1, 0, 1, 1], n_bootstrap=0)
     {'mean': 0.75, 'low': nan, 'high': nan, 'n': 4}
-    >>> round(length_controlled_win_rate([1, 1, 0, 0, 1, 0, 1, 0], [50, 40, -30, -20, 10, 5, -5, -60]), 3)
-    0.5
+    >>> wins, longer_by = [1, 1, 1, 0, 1, 0, 1, 0], [90, 70, -50, 30, -20, -40, 10, -60]
+    >>> sum(wins) / len(wins), round(length_controlled_win_rate(wins, longer_by), 3)
+    (0.625, 0.646)
     >>> parse_verdict(" (b) is better"), parse_verdict("neither")
     ('b', None)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
@@ -249,7 +251,8 @@ def _import(spec: str, what: str) -> Any:
 
 
 def metric_scores(texts: Sequence[str], references: Sequence[Any], metric: str = ANSWER_MATCH,
-                  extractor: Callable[[str], str] | str | None = extract_answer, key: str = "exact_match") -> list[float]:
+                  extractor: Callable[[str], str] | str | None = extract_answer,
+                  key: str = "exact_match") -> list[float]:
     """Per-item value of an ``evaluate`` metric on the extracted answers; refuses a metric giving non-numbers.
 
     >>> metric_scores(["It is 12.", "13"], ["12", "12"])
@@ -282,10 +285,13 @@ def parse_verdict(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def judge_wins(judge: JudgeConfig, instructions: Sequence[str], answers: Sequence[str], references: Sequence[str],
+def judge_wins(judge: JudgeConfig, instructions: Sequence[Any], answers: Sequence[str], references: Sequence[str],
                seed: int = 0) -> list[float]:
     """Per item 1.0 when the judge prefers the student's answer to the reference, 0.0 when not, NaN unreadable."""
     student_first = np.random.default_rng(seed).integers(0, 2, len(answers)).astype(bool)
+    # A conversation is shown as its turns; a single user turn as its text.
+    instructions = [q if isinstance(q, str) else q[-1]["content"] if len(q) == 1 else
+                    "\n\n".join(f"{turn['role']}: {turn['content']}" for turn in q) for q in instructions]
     prompts = [JUDGE_PROMPT.format(instruction=q, a=s if first else r, b=r if first else s)
                for q, s, r, first in zip(instructions, answers, references, student_first)]
     verdicts = [parse_verdict(g.text) for g in judge.generator().generate(prompts)]
@@ -294,17 +300,29 @@ def judge_wins(judge: JudgeConfig, instructions: Sequence[str], answers: Sequenc
 
 # ------------------------------------------------------------------------------------------------ the student
 def load_student(model: Any) -> Any:
-    """A LoRA adapter folder as its merged ``(model, tokenizer)`` pair; anything else as given."""
-    if isinstance(model, (str, os.PathLike)) and (Path(model) / "adapter_config.json").is_file():
+    """A LoRA adapter folder as the folder of its merged model (``<adapter>/merged``, written once, as
+    ``recipes/sft.py --merge_adapter`` writes it); anything else as given.
+
+    A folder rather than a loaded model: every engine (vLLM too) can run it, and nothing stays in memory after."""
+    folder = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    if folder is None or not (folder / "adapter_config.json").is_file():
+        return model
+    merged = folder / "merged"
+    if not (merged / "config.json").is_file():
+        import shutil
+        import uuid
+
         from peft import AutoPeftModelForCausalLM, PeftConfig
         from transformers import AutoTokenizer
 
-        # Merged: the generation engine runs a plain causal LM, and merged weights generate faster.
-        merged = AutoPeftModelForCausalLM.from_pretrained(str(model)).merge_and_unload().eval()
-        has_tokenizer = (Path(model) / "tokenizer_config.json").is_file()
-        source = str(model) if has_tokenizer else PeftConfig.from_pretrained(str(model)).base_model_name_or_path
-        return merged, AutoTokenizer.from_pretrained(source)
-    return model
+        has_tokenizer = (folder / "tokenizer_config.json").is_file()
+        source = str(folder) if has_tokenizer else PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
+        tmp = folder / f".merged-{uuid.uuid4().hex[:8]}"  # renamed into place: a killed merge leaves no half model
+        AutoPeftModelForCausalLM.from_pretrained(str(folder)).merge_and_unload().save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+        shutil.rmtree(merged, ignore_errors=True)
+        os.replace(tmp, merged)
+    return str(merged)
 
 
 def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None = None, *,
@@ -319,16 +337,19 @@ def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None =
         >>> result.summary["accuracy"]  # doctest: +SKIP
         {'mean': 0.35, 'low': 0.15, 'high': 0.55, 'n': 20}
     """
-    import dataclasses
+    from .generate import add_responses, clear_engine_cache
+    from .models import clear_model_cache
 
     config = config or EvaluationConfig()
     config.check(heldout)
     name = name or (str(model) if isinstance(model, (str, os.PathLike)) else "student")
     generation = dataclasses.replace(config.generation, generation_column="response", teacher_name=name)
-    from .generate import add_responses
-
-    answered = heldout.map(add_responses(load_student(model), config=generation), batched=True,
-                           with_indices=True, desc=f"answers of {name}")
+    try:
+        answered = heldout.map(add_responses(load_student(model), config=generation), batched=True,
+                               with_indices=True, desc=f"answers of {name}")
+    finally:
+        clear_engine_cache()  # students are evaluated one after another: free this one's engine (and GPUs)
+        clear_model_cache()
     items = answered.select_columns([c for c in answered.column_names if not c.endswith("_provenance")]).to_pandas()
     texts = items["response"].fillna("").tolist()
     if config.metric:
@@ -337,8 +358,9 @@ def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None =
     if config.reward is not None:
         from .reward import add_reward
 
-        items["reward"] = answered.map(add_reward(config.reward), batched=True, with_indices=True,
-                                       desc="rewards")["reward"]
+        # The prompt column named: a held-out `messages` column is the prompt here, not a whole conversation.
+        scorer = add_reward(config.reward, prompt=_prompt_column(answered), response="response")
+        items["reward"] = answered.map(scorer, batched=True, with_indices=True, desc="rewards")["reward"]
     if config.judge:
         references = items[config.judge.reference_column].astype(str).tolist()
         items["judge_win"] = judge_wins(config.judge, answered[_prompt_column(answered)], texts, references,

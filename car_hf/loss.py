@@ -110,13 +110,10 @@ def _check_head(model: Any, device: torch.device) -> None:
 
 
 def _head_scores(
-    model: Any, hidden: torch.Tensor, targets: torch.Tensor, block: int,
-    buffer: torch.Tensor | None = None, above: torch.Tensor | None = None,
+    model: Any, hidden: torch.Tensor, targets: torch.Tensor, block: int, buffer: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: ``-log softmax(head(hidden))[targets]`` (float64), by an online log-sum-exp over vocabulary tiles,
     and the target's rank (int64, 1 + logits strictly above the target's, clipped at :data:`RANK_CLIP`).
-
-    ``above`` is a reused bool buffer [rows, block] for the per-tile comparison (no page faults per tile).
     """
     rows = hidden.shape[0]
     peak = torch.full((rows,), -math.inf, dtype=torch.float32, device=hidden.device)
@@ -128,13 +125,16 @@ def _head_scores(
         local = targets - lo
         inside = (local >= 0) & (local < tile.shape[1])
         picked = tile.gather(1, local.clamp(0, tile.shape[1] - 1)[:, None])[:, 0]
-        target_logit = torch.where(inside, picked, target_logit)  # no host sync (nonzero would wait for the GPU)
-        # Count before the in-place exp below; the tile's own target value where it holds it, so the target never
-        # counts itself. Ties do not count.
+        target_logit = torch.where(inside, picked, target_logit)
+        tile_max = tile.amax(1)
+        # Rank: count logits above the target's before the in-place exp below, using the tile's own target value
+        # where it holds it (the target never counts itself; ties do not count). Only rows with a logit above the
+        # target in this tile and not yet at the clip are compared: a well-predicted token has none, so this costs
+        # a few percent of the tile instead of a full pass (measured: a full pass added ~25% to the head).
         threshold = picked if ahead is None else torch.where(inside, picked, ahead)
-        mask = None if above is None or tile.shape[1] > above.shape[1] else above[:rows, : tile.shape[1]]
-        higher.add_(torch.gt(tile, threshold[:, None], out=mask).sum(1))
-        new_peak = torch.maximum(peak, tile.amax(1))
+        counted = ((tile_max > threshold) & (higher < RANK_CLIP - 1)).nonzero()[:, 0]  # one host sync per tile
+        higher.index_add_(0, counted, (tile[counted] > threshold[counted, None]).sum(1))
+        new_peak = torch.maximum(peak, tile_max)
         total.mul_(torch.exp(peak - new_peak).double())  # rescale the running sum to the new maximum
         total.add_(tile.sub_(new_peak[:, None]).exp_().sum(1).double())  # in place: no second tile
         peak = new_peak
@@ -175,10 +175,9 @@ def response_nll(
     queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (hidden rows, targets, sequence index)
     queued = 0
     buffer: torch.Tensor | None = None
-    above: torch.Tensor | None = None
 
     def run_head(final: bool) -> None:
-        nonlocal queue, queued, buffer, above
+        nonlocal queue, queued, buffer
         if len(queue) == 1:
             hidden, targets, owner = queue[0]
         else:
@@ -186,10 +185,9 @@ def response_nll(
         stop = queued if final else queued - queued % head_rows
         if buffer is None or buffer.shape[0] < min(head_rows, stop):
             buffer = torch.empty((min(head_rows, stop), block), dtype=torch.float32, device=device)
-            above = torch.empty((min(head_rows, stop), block), dtype=torch.bool, device=device)
         for lo in range(0, stop, head_rows):
             hi = min(lo + head_rows, stop)
-            nll, rank = _head_scores(model, hidden[lo:hi], targets[lo:hi], block, buffer, above)
+            nll, rank = _head_scores(model, hidden[lo:hi], targets[lo:hi], block, buffer)
             totals.index_add_(0, owner[lo:hi], nll)
             rank_totals.index_add_(0, owner[lo:hi], rank)
         queue = [(hidden[stop:], targets[stop:], owner[stop:])] if stop < queued else []

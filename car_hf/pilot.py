@@ -193,12 +193,15 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
     training.check_tokenizer(tokenizer, training_args, model_args.model_name_or_path)
     records = {t: training.to_records(r, tokenizer, layout, plain_template or PLAIN_TEMPLATE) for t, r in rows.items()}
 
-    budget = {"n_instructions": n_instructions, "n_heldout": len(heldout), "teachers": len(chosen),
-              **{k: v for k, v in training_hyperparameters(training_args, model_args).items() if v is not None}}
+    # What a student's training depends on (so adding a teacher or changing the held-out set retrains nothing).
+    training_budget = {"student": model_args.model_name_or_path, "n_instructions": n_instructions,
+                       **{k: v for k, v in training_hyperparameters(training_args, model_args).items()
+                          if v is not None}}
+    budget = training_budget | {"n_heldout": len(heldout), "teachers": len(chosen)}
     root = Path(output_dir) / "cache"
     trained = ScoreCache(root, {"car_hf_version": __version__, "what": "pilot students",
                                 "student": model_fingerprint(student, revision=model_args.model_revision),
-                                "budget": budget})
+                                "budget": training_budget})
     evaluated = ScoreCache(root, {"car_hf_version": __version__, "what": "pilot evaluations",
                                   "students": trained.digest, "heldout": content_digest(heldout),
                                   "evaluation": evaluation.identity()})
@@ -214,16 +217,19 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
     # 4. Each teacher: train (unless cached), evaluate (unless cached).
     for teacher, _ in chosen:
         part = f"student-{_slug(teacher)}-{content_digest(records[teacher])}"
-        folder, seconds = _train(trained, part, records[teacher], tokenizer, student, training_args, model_args)
+        folder, seconds, reused = _train(trained, part, records[teacher], tokenizer, student, training_args,
+                                         model_args)
         PartialState().wait_for_everyone()
         if main:
             results[teacher], cost[teacher] = _evaluate(evaluated, f"eval-{part}", folder, heldout, evaluation,
                                                         teacher)
-            cost[teacher]["train_seconds"] = seconds
+            cost[teacher] |= {"train_seconds": seconds, "training_reused": reused}
     if not main:
         return None
-    cost["total"] = {"wall_seconds": round(time.time() - started, 1), "processes": training_args.world_size,
-                     "device": str(training_args.device)}
+    # What the pilot cost (every student, including those a resumed run reused) and what this run took.
+    spent = sum((c.get("train_seconds") or 0) + c["eval_seconds"] for c in cost.values())
+    cost["total"] = {"compute_seconds": round(spent, 1), "wall_seconds": round(time.time() - started, 1),
+                     "processes": training_args.world_size, "device": str(training_args.device)}
     report = build_report(table, chosen, results, measure=measure, baseline=BASELINE, budget=budget, cost=cost,
                           evaluation=evaluation, by=by)
     report.save(output_dir)
@@ -231,12 +237,13 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
 
 
 def _train(cache: ScoreCache, part: str, records: Any, tokenizer: Any, student: str, training_args: Any,
-           model_args: Any) -> tuple[Path, float | None]:
-    """The trained student's folder (an adapter with LoRA); trained only when the cache has no such part."""
+           model_args: Any) -> tuple[Path, float | None, bool]:
+    """The trained student's folder (an adapter with LoRA), its training seconds, and whether it was reused from
+    the cache (trained only when the cache has no such part)."""
     folder = cache.folder / f"model-{part}"
     if cache.has(part):
         logger.info("reusing the trained student %s", folder)
-        return folder, cache.load(part)[1].get("train_seconds")
+        return folder, cache.load(part)[1].get("train_seconds"), True
     from trl import get_peft_config
 
     from .integrations.trl import CARSFTTrainer
@@ -255,7 +262,7 @@ def _train(cache: ScoreCache, part: str, records: Any, tokenizer: Any, student: 
         cache.save(part, records, meta={"train_seconds": seconds, "metrics": result.metrics})
     del trainer
     gc.collect()
-    return folder, seconds
+    return folder, seconds, False
 
 
 def _evaluate(cache: ScoreCache, part: str, model: Any, heldout: Any, evaluation: EvaluationConfig,
@@ -266,10 +273,11 @@ def _evaluate(cache: ScoreCache, part: str, model: Any, heldout: Any, evaluation
     loaded = cache.load(part)
     if loaded is not None:
         logger.info("reusing the evaluation of %s", name)
-        return StudentEvaluation(name, loaded[0].to_pandas(), loaded[1]["summary"]), loaded[1]["cost"]
+        return StudentEvaluation(name, loaded[0].to_pandas(), loaded[1]["summary"]), loaded[1]["cost"] | {
+            "evaluation_reused": True}
     start = time.time()
     result = evaluate_student(str(model), heldout, evaluation, name=name)
-    cost = {"eval_seconds": round(time.time() - start, 1)}
+    cost = {"eval_seconds": round(time.time() - start, 1), "evaluation_reused": False}
     cache.save(part, datasets.Dataset.from_pandas(result.items, preserve_index=False),
                meta={"summary": result.summary, "cost": cost})
     return result, cost

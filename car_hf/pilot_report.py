@@ -15,8 +15,9 @@
 * ``budget`` and ``cost`` (wall seconds per student, in all, processes, device).
 
 :meth:`PilotReport.save` writes ``report.md``, ``report.json``, ``teachers.csv``, ``spearman.csv``,
-``items.csv`` (every student's per-item results) and ``pilot.png`` (predicted CAR vs. realized, one labelled point
-per teacher, the untuned student as a dashed line).
+``items.csv`` (every student's per-item results), ``pilot.png`` (predicted CAR vs. realized, one labelled point
+per teacher, the untuned student as a dashed line) and ``README.md`` (the card, :mod:`car_hf.cards.pilot`), so the
+folder can be pushed as is.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .cards.common import plain, table, text
+from .cards.pilot import write_pilot_card
 from .evaluation import EvaluationConfig, StudentEvaluation, paired_comparison
 
 SIGNALS = ("car", "reward", "base_loss", "ppl", "ifd", "response_tokens")
@@ -58,14 +60,16 @@ class PilotReport:
 
     def to_markdown(self) -> str:
         """The report as markdown (also the pilot section of a card)."""
-        m, b = self.measure, self.baseline
+        m, b, total = self.measure, self.baseline, self.cost["total"]
+        reused = sum(bool(c.get(k)) for c in self.cost.values() for k in ("training_reused", "evaluation_reused"))
         rows = [[f"`{r.teacher}`", r.chosen_because, text(round(r.car, 4)), text(round(r.reward, 4)),
                  f"{r.realized:.3f} [{r.realized_low:.3f}, {r.realized_high:.3f}]", f"{r.gain_over_untuned:+.3f}"]
                 for r in self.teachers.itertuples()]
         lines = [f"## Pilot: predicted vs. realized ({m})", "",
                  f"Budget: {self.budget['n_instructions']} training instructions per teacher, "
                  f"{self.budget['n_heldout']} held-out items, " + ", ".join(
-                     f"{k}={v}" for k, v in self.budget.items() if k not in ("n_instructions", "n_heldout")) + ".",
+                     f"{k}={v}" for k, v in self.budget.items() if k not in ("n_instructions", "n_heldout", "student"))
+                 + ".",
                  "", table(["teacher", "chosen as", f"CAR (β={self.beta['used']})", "reward", f"realized {m} [CI]",
                             "vs. untuned"], rows), "",
                  f"Untuned student: {b['mean']:.3f} [{b['low']:.3f}, {b['high']:.3f}] (n={b['n']}).", ""]
@@ -78,10 +82,11 @@ class PilotReport:
         lines += ["### Spearman ρ of each signal against the realized performance", "",
                   table(["signal", "better when", "ρ", "bootstrap CI", "p"], spearman) if spearman
                   else "No signal varies across the teachers.", "",
-                  f"Fitted β: {text(self.beta.get('fitted'))} (ρ = {text(self.beta.get('rho'))})"
+                  f"Fitted β: {text(self.beta.get('fitted'))} (ρ = {text(_round(self.beta.get('rho')))})"
                   + (f"; {self.beta['note']}" if self.beta.get("note") else "") + ".", "",
-                  f"Cost: {self.cost['total']['wall_seconds']} s wall time on {self.cost['total']['device']} "
-                  f"({self.cost['total']['processes']} process(es)).", ""]
+                  f"Cost: {total['compute_seconds']} s of training and evaluation on {total['device']} "
+                  f"({total['processes']} process(es)); this run took {total['wall_seconds']} s"
+                  + (f", reusing {reused} finished step(s) from the cache." if reused else "."), ""]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,7 +107,12 @@ class PilotReport:
             pd.concat([e.items.assign(student=name) for name, e in self.evaluations.items()]).to_csv(
                 folder / "items.csv", index=False)
         plot_pilot(self, folder / "pilot.png")
+        write_pilot_card(self, folder, self.budget.get("student"))
         return folder
+
+
+def _round(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value
 
 
 def plot_pilot(report: PilotReport, path: str | Path | None = None) -> Any:

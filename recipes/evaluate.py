@@ -39,7 +39,7 @@ class EvaluateArguments:
     baseline_model: str | None = field(
         default=None, metadata={"help": "The untuned student (default: an adapter's base model); 'none': skip it."})
     dataset_name: str | None = field(
-        default=None, metadata={"help": "Held-out instructions: a .json/.jsonl/.parquet/.csv file, a folder, a Hub id."})
+        default=None, metadata={"help": "Held-out instructions: a .json/.jsonl/.parquet/.csv file, folder, Hub id."})
     dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset or DatasetDict."})
     max_items: int | None = field(default=None, metadata={"help": "Evaluate the first N items only."})
     output_dir: str = field(default="runs/evaluate", metadata={"help": "items.csv and summary.json."})

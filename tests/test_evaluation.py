@@ -3,10 +3,15 @@ OpenAI-compatible server), with bootstrap intervals, the length-controlled win r
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from openai_server import OpenAIServer
 
@@ -56,7 +61,7 @@ def test_length_controlled_win_rate_removes_a_length_preference():
     # No length effect: LC equals the raw rate.
     flat = (rng.random(400) < 0.3).astype(float)
     assert length_controlled_win_rate(flat, difference) == pytest.approx(flat.mean(), abs=0.03)
-    assert length_controlled_win_rate(flat, np.zeros(400)) == pytest.approx(flat.mean(), abs=1e-4)  # the ridge term moves it a hair
+    assert length_controlled_win_rate(flat, np.zeros(400)) == pytest.approx(flat.mean(), abs=1e-4)  # ridge: a hair
 
 
 # ------------------------------------------------------------------------------------------------ scorers
@@ -168,10 +173,32 @@ def test_a_lora_adapter_is_evaluated_on_its_base(tmp_path, tiny_model_dir, heldo
     base = evaluate_student(str(tiny_model_dir), heldout, config)
     # A fresh LoRA adapter (B = 0) changes nothing: the merged student answers exactly like its base.
     assert adapter.items["response"].tolist() == base.items["response"].tolist()
-    assert adapter.name == str(tmp_path / "adapter")
+    assert adapter.name == str(tmp_path / "adapter") and (tmp_path / "adapter" / "merged" / "config.json").is_file()
 
 
 def test_evaluation_identity_changes_with_the_scorers():
     one = EvaluationConfig(metric=ANSWER_MATCH).identity()
     assert one != EvaluationConfig(metric=ANSWER_MATCH, metric_key="f1").identity()
     assert one["extractor"] == "car_hf.tasks.extract_answer"
+
+
+def test_evaluate_recipe_compares_the_student_with_its_baseline(tmp_path, tiny_model_dir, heldout, hf_cache):
+    path = Path(__file__).resolve().parents[1] / "recipes" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("recipes_evaluate", path)
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe
+    spec.loader.exec_module(recipe)
+    heldout.to_json(tmp_path / "heldout.jsonl")
+    args = recipe.make_parser().parse_args_and_config([
+        "--model_name_or_path", str(tiny_model_dir), "--baseline_model", str(tiny_model_dir), "--dataset_name",
+        str(tmp_path / "heldout.jsonl"), "--metric", "answer_match", "--max_new_tokens", "4", "--n_bootstrap", "50",
+        "--max_items", "5", "--output_dir", str(tmp_path / "out")])
+    summary = recipe.main(*args)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["n_items"] == 5
+    # The same model as its own baseline: the same answers, a paired difference of exactly 0.
+    assert summary["student_vs_baseline"]["difference"] == 0.0 and summary["student_vs_baseline"]["n"] == 5
+    assert summary["summary"]["accuracy"] == summary["baseline_summary"]["accuracy"]
+    assert len(pd.read_csv(tmp_path / "out" / "items.csv")) == 10
+    with pytest.raises(ConfigError, match="a judge needs both judge_base_url and judge_model"):
+        recipe.main(*recipe.make_parser().parse_args_and_config([
+            "--model_name_or_path", "m", "--dataset_name", str(tmp_path / "heldout.jsonl"), "--judge_model", "j"]))
