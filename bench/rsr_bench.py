@@ -11,8 +11,13 @@ rows); the two variants alternate within each round, the order flipped every rou
 (with / without), by wall clock and by the worker's own CPU time (less sensitive to other processes), and the
 medians reported. Losses of the two variants must agree exactly (same code path).
 
+``--paired`` runs one process in which every LM-head chunk is computed by both loops in ABBA order:
+paired per-chunk ratios, unaffected by load that varies over seconds; the scoring-time ratio is then
+(rest + head with) / (rest + head without), where rest (backbone, rendering, batching) is the same code in both.
+
 Usage:
-    python bench/rsr_bench.py                      # 32 rows, 3 rounds (~8 minutes on 2 cores)
+    python bench/rsr_bench.py --examples 24           # 24 rows, 3 rounds of fresh processes
+    python bench/rsr_bench.py --examples 24 --paired  # one process, per-chunk pairs
     python bench/rsr_bench.py --examples 8 --rounds 1
 """
 
@@ -35,6 +40,29 @@ import score_bench  # noqa: E402  (the rows, the clocks and the load reading, sh
 
 MODEL = "google/gemma-3-270m"
 VARIANTS = ("without", "with")
+
+
+def _paired(times: list[tuple[float, float]]):
+    """A ``_head_scores`` that runs both head loops on every chunk in ABBA order (balanced against load drifting
+    during the chunk), records (with, without) seconds, checks the losses are identical, returns the real result."""
+    import torch
+
+    from car_hf import loss
+
+    real = loss._head_scores
+
+    def both(*args):
+        out, spent = {}, {real: 0.0, _nll_only: 0.0}
+        for fn in (real, _nll_only, _nll_only, real):
+            t = time.perf_counter()
+            out[fn] = fn(*args)
+            spent[fn] += time.perf_counter() - t
+        if not torch.equal(out[real][0], out[_nll_only][0]):
+            raise SystemExit("rsr_bench: the two head loops' losses differ")
+        times.append((spent[real] / 2, spent[_nll_only] / 2))
+        return out[real]
+
+    return both
 
 
 def _nll_only(model, hidden, targets, block, buffer=None):
@@ -71,8 +99,11 @@ def run_worker(spec: dict) -> dict:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    times: list[tuple[float, float]] = []
     if spec["variant"] == "without":
         loss._head_scores = _nll_only
+    elif spec["variant"] == "paired":
+        loss._head_scores = _paired(times)
     rows = score_bench._zoo_rows(spec["examples"])
     warm = sorted(rows, key=lambda r: len(r["instruction"]) + len(r["output"]))[:2]
     pair = models.load_model(MODEL, dtype="float32", device="cpu")
@@ -81,6 +112,7 @@ def run_worker(spec: dict) -> dict:
         return datasets.Dataset.from_list(rs).map(add_base_loss(pair, max_length=spec["max_length"]), batched=True)
 
     run(warm)
+    times.clear()
     ticks, own = score_bench._cpu_ticks(), score_bench._self_ticks()
     t = time.perf_counter()
     scored = run(rows)
@@ -89,7 +121,7 @@ def run_worker(spec: dict) -> dict:
     return {"variant": spec["variant"], "round": spec["round"], "seconds": seconds, "cpu_seconds": cpu,
             "other_load": score_bench.other_load(ticks, score_bench._cpu_ticks(), cpu),
             "base_loss": list(scored["base_loss"]), "base_rank": list(scored["base_rank"]),
-            "tokens": sum(scored["base_loss_tokens"])}
+            "tokens": sum(scored["base_loss_tokens"]), "head_times": times}
 
 
 def measure(spec: dict) -> dict:
@@ -105,15 +137,31 @@ def measure(spec: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=32)
+    parser.add_argument("--examples", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", action="store_true",
+                        help="one process running both head loops on every chunk of the same run (robust to load)")
     args = parser.parse_args(argv)
     if args.worker:
         Path(args.worker_out).write_text(json.dumps(run_worker(json.loads(args.worker))))
+        return 0
+    if args.paired:
+        r = measure({"variant": "paired", "round": 0, "examples": args.examples, "max_length": args.max_length,
+                     "threads": args.threads})
+        with_s, without_s = (sum(t[k] for t in r["head_times"]) for k in (0, 1))
+        rest = r["seconds"] - 2 * (with_s + without_s)  # backbone, rendering, batching: the same in both
+        print(json.dumps({
+            "examples": args.examples, "response_tokens": r["tokens"], "head_chunks": len(r["head_times"]),
+            "head_seconds": {"with": with_s, "without": without_s}, "other_seconds": rest,
+            "head_ratios": [round(a / b, 3) for a, b in r["head_times"]],
+            "head_ratio": round(with_s / without_s, 3),
+            "median_head_ratio": round(statistics.median(a / b for a, b in r["head_times"]), 3),
+            "scoring_ratio": round((rest + with_s) / (rest + without_s), 3), "other_load": r["other_load"],
+        }, indent=1))
         return 0
     ratios, cpu_ratios, by_variant = [], [], {v: [] for v in VARIANTS}
     for k in range(args.rounds):

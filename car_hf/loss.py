@@ -130,7 +130,7 @@ def _head_scores(
         # Rank: count logits above the target's before the in-place exp below, using the tile's own target value
         # where it holds it (the target never counts itself; ties do not count). Only rows with a logit above the
         # target in this tile and not yet at the clip are compared: a well-predicted token has none, so this costs
-        # a few percent of the tile instead of a full pass (measured: a full pass added ~25% to the head).
+        # a few percent of the tile instead of a full pass (bench/RSR.md: a full pass added ~25% to the head).
         threshold = picked if ahead is None else torch.where(inside, picked, ahead)
         counted = ((tile_max > threshold) & (higher < RANK_CLIP - 1)).nonzero()[:, 0]  # one host sync per tile
         higher.index_add_(0, counted, (tile[counted] > threshold[counted, None]).sum(1))

@@ -44,9 +44,9 @@ from .errors import ConfigError
 
 ENGINES = ("auto", "transformers", "vllm", "openai")
 
-# Fields that change nothing in the generated text: left out of cache keys, so a rerun with more
+# Fields that change nothing in the generated columns: left out of cache keys, so a rerun with more
 # concurrency or patience still finds what an earlier run generated.
-_NOT_IN_KEY = ("max_concurrency", "max_retries", "retry_backoff", "request_timeout", "api_key_env", "teacher_name")
+_NOT_IN_KEY = ("max_concurrency", "max_retries", "retry_backoff", "request_timeout", "api_key_env")
 
 
 @dataclass
@@ -103,8 +103,8 @@ class TeacherConfig:
     request_timeout: float = field(default=600.0, metadata={"help": "Seconds before a request times out (openai)."})
     generation_batch_tokens: int = field(
         default=16384,
-        metadata={"help": "Budget of a generation batch: rows x (longest prompt + max_new_tokens), the KV cache's "
-                          "size (transformers; capped on CPU)."},
+        metadata={"help": "Budget of a generation batch: rows x (longest prompt + max_new_tokens), which bounds "
+                          "the KV cache (transformers)."},
     )
     teacher_dtype: str = field(
         default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on capable GPUs) | float32 | bfloat16 | float16."})
@@ -205,7 +205,8 @@ class TeacherConfig:
 def _looks_like_a_token(name: str) -> bool:
     """Not an environment variable name (HF_TOKEN, OPENAI_API_KEY), but a token pasted in its place."""
     mixed = any(c.islower() for c in name) and any(c.isupper() for c in name) and any(c.isdigit() for c in name)
-    return not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name) or name.startswith("hf_") or (len(name) > 24 and mixed)
+    valid = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name)
+    return not valid or name.startswith("hf_") or (len(name) > 24 and mixed)
 
 
 def api_key(config: TeacherConfig) -> str | None:

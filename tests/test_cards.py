@@ -190,6 +190,7 @@ def test_templates_ship_as_package_data():
     package = Path(car_hf.__file__).parent
     shipped = {path for pattern in patterns for path in package.glob(pattern.strip())}
     assert {TEMPLATES / "dataset_card.md", TEMPLATES / "model_card.md"} <= shipped
+    assert package / "metrics" / "answer_match" / "answer_match.py" in shipped  # car_hf.tasks' offline metric
     for name in ("dataset_card.md", "model_card.md"):
         assert "{{ card_data }}" in (TEMPLATES / name).read_text()
 

@@ -72,6 +72,22 @@ def test_length_finish_is_flagged_with_the_servers_token_count(server):
     assert out["response_tokens"] == [4, 3]
 
 
+def test_a_server_answering_with_the_tiny_model_gives_the_transformers_engine_columns(server, tokenizer, causal_lm):
+    local = add_responses((causal_lm, tokenizer), max_new_tokens=6, teacher_name="tiny")
+
+    def respond(messages, max_tokens):
+        (answer,) = local.generate([messages])
+        return answer.text, answer.finish_reason, answer.tokens
+
+    server.responder = respond
+    ds = Dataset.from_dict({"prompt": ["How do I cook rice?", "Hi", "Why is the sky blue?"]})
+    direct = ds.map(local, batched=True)
+    served = ds.map(generator(server, max_new_tokens=6, teacher_name="tiny", max_concurrency=1), batched=True)
+    for column in ("response", "response_finish_reason", "response_truncated", "response_tokens", "response_teacher"):
+        assert served[column] == direct[column], column
+    assert json.loads(served["response_provenance"][0])["engine"] == "openai"
+
+
 @pytest.mark.parametrize("failures", [["503", "503"], ["502", "500"], ["timeout"], ["malformed", "malformed"]])
 def test_transient_failures_are_retried(server, failures):
     server.script = list(failures)

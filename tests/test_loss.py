@@ -44,9 +44,9 @@ def mixed_rows():
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 @pytest.mark.parametrize("batch_tokens", [1, 300, 100_000])
-# One vocabulary tile, or many (the last partial) over small head chunks; the paper's clip, or none (random weights
-# rank most targets beyond 100: without the clip every count is checked).
-@pytest.mark.parametrize("block, head_rows, clip", [(8192, 2048, 100), (8192, 2048, 10**6), (97, 5, 10**6)])
+# One vocabulary tile, or many (the last partial) over small head chunks; the paper's clip (counting stops there), or
+# none (random weights rank most targets beyond 100: without the clip every count is checked).
+@pytest.mark.parametrize("block, head_rows, clip", [(8192, 2048, 100), (8192, 2048, 10**6), (97, 5, 100), (97, 5, 10**6)])
 def test_batched_equals_unbatched_full_logits(arch, batch_tokens, block, head_rows, clip, tokenizer, causal_lm,
                                               gemma3_lm, monkeypatch):
     monkeypatch.setattr(loss, "_VOCAB_BLOCK", block)

@@ -15,6 +15,4 @@ Example:
 
 from .base import Engine, Generation, Messages
 
-ENGINE_NAMES = ("transformers", "vllm", "openai")
-
-__all__ = ["ENGINE_NAMES", "Engine", "Generation", "Messages"]
+__all__ = ["Engine", "Generation", "Messages"]

@@ -2,10 +2,14 @@
 
 Prompts are rendered with the teacher's chat template, sorted by length and cut into token-budget batches
 (:func:`car_hf.batching.token_budget_batches`, the one batching path; a row costs its prompt plus
-``max_new_tokens``), left-padded with an attention mask. ``generate`` derives position ids from the mask
-(``cumsum - 1``), so a padded row sees the positions it has alone: greedy batched output equals greedy
-one-at-a-time output token for token (tested on a tiny Llama in fp32; in lower precision, or on a real model
-where two logits nearly tie, padding can change rounding and flip a token, as in any batched inference).
+``max_new_tokens``, so the budget bounds the KV cache), left-padded with an attention mask. ``generate`` derives
+position ids from the mask (``cumsum - 1``), so a padded row sees the positions it has alone: greedy batched
+output equals greedy one-at-a-time output token for token (tested on a tiny Llama in fp32, and measured on
+SmolLM2-135M by ``bench/generate_bench.py``; in lower precision, or where two logits nearly tie, padding can
+change rounding and flip a token, as in any batched inference).
+
+Unlike scoring's, the budget has no CPU cap: each decoding step reads every weight whatever the number of
+rows, so more rows are nearly free; bench/GENERATE.md has the measured speed-ups by budget.
 
 Decoding is exactly what :class:`~car_hf.teacher.TeacherConfig` says, whatever the teacher's own
 ``generation_config.json`` suggests: greedy at temperature 0, else temperature and top-p sampling with top-k,
@@ -15,7 +19,6 @@ same rows, batched the same way (same data order, ``generation_batch_tokens``, m
 device and library versions, give the same text.
 
 Example:
-    >>> import torch
     >>> ids, mask = pad_left([[5, 6, 7], [8]], pad_id=0)
     >>> ids.tolist(), mask.tolist()
     ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
@@ -32,13 +35,6 @@ import torch
 from ..batching import token_budget_batches
 from ..teacher import TeacherConfig
 from .base import Generation, Messages, check_chat_template, finish, prompt_ids, stop_token_ids
-
-# On CPU a generation batch holds at most this many tokens (rows x (prompt + max_new_tokens)). Measured with
-# bench/generate_bench.py (SmolLM2-135M-Instruct, 2-core CPU): decoding is bound by reading the weights, so rows
-# are nearly free up to ~16 per step; past that, attention over the padded cache and rows that finished early
-# (they still run until the longest row ends) cost more than they save.
-CPU_GENERATION_TOKENS = 8192
-
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"):
     """Left-pad token id lists into ``(input_ids, attention_mask)``: every prompt ends where generation starts."""
@@ -78,10 +74,7 @@ class TransformersEngine:
             repetition_penalty=1.0, no_repeat_ngram_size=0, eos_token_id=self.stops, pad_token_id=self.pad_id,
             **sampling,
         )
-        device = model.device
         self.budget = config.generation_batch_tokens
-        if device.type == "cpu":
-            self.budget = min(self.budget, CPU_GENERATION_TOKENS)
 
     def generate(self, prompts: Sequence[Messages], rows: Sequence[Any]) -> list[Generation]:
         ids = [prompt_ids(self.tokenizer, p, self.template, row, self.teacher) for p, row in zip(prompts, rows)]

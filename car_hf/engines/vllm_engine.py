@@ -18,8 +18,9 @@ On a GPU machine::
 
 Example:
     >>> from car_hf.teacher import TeacherConfig
-    >>> llm_options(TeacherConfig(teacher="org/model", engine="vllm", tensor_parallel_size=2), "org/model")
-    {'model': 'org/model', 'revision': None, 'tokenizer_revision': None, 'dtype': 'auto', 'seed': 0, 'tensor_parallel_size': 2, 'trust_remote_code': False}
+    >>> options = llm_options(TeacherConfig(teacher="org/model", engine="vllm", tensor_parallel_size=2), "org/model")
+    >>> options["model"], options["tensor_parallel_size"], options["seed"], options["dtype"]
+    ('org/model', 2, 0, 'auto')
 """
 
 from __future__ import annotations
