@@ -16,7 +16,8 @@ from ._version import __version__
 from .adaptive import AdaptiveResult, rank_adaptive
 from .car import compatibility_adjusted_reward, transform_rewards
 from .config import DEFAULT_BASE_MODEL, CARConfig
-from .errors import ConfigError, HubAuthError, InputError, ModelLoadError, PublishError
+from .errors import ConfigError, GenerationError, HubAuthError, InputError, ModelLoadError, PublishError
+from .generate import add_responses
 from .formats import zoo_to_long
 from .loss import add_base_loss
 from .models import load_model
@@ -24,6 +25,8 @@ from .ranking import BetaFit, fit_beta, rank_generators, spearman_table
 from .reward import DEFAULT_REWARD_MODEL, add_reward
 from .scoring import add_car
 from .selection import CARFilter, select_generator
+from .teacher import TeacherConfig
+from .trial import rank_teachers
 
 __all__ = [
     "AdaptiveResult",
@@ -31,21 +34,25 @@ __all__ = [
     "CARConfig",
     "CARFilter",
     "ConfigError",
+    "GenerationError",
     "DEFAULT_BASE_MODEL",
     "DEFAULT_REWARD_MODEL",
     "HubAuthError",
     "InputError",
     "ModelLoadError",
     "PublishError",
+    "TeacherConfig",
     "__version__",
     "add_base_loss",
     "add_car",
+    "add_responses",
     "add_reward",
     "compatibility_adjusted_reward",
     "fit_beta",
     "load_model",
     "rank_adaptive",
     "rank_generators",
+    "rank_teachers",
     "select_generator",
     "spearman_table",
     "transform_rewards",
