@@ -23,7 +23,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .cache import ScoreCache
@@ -42,6 +43,41 @@ def setup_logging(rank: int = 0, world: int = 1, level: int = logging.INFO) -> N
     logging.getLogger("car_hf").setLevel(level)
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def start_processes(*, cpu: bool = False, timeout_minutes: int = 360) -> Any:
+    """This process's ``accelerate.PartialState`` (CPU/gloo when asked or without a GPU), with the job's logging."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu or not torch.cuda.is_available(), timeout=timedelta(minutes=timeout_minutes))
+    setup_logging(state.process_index, state.num_processes)
+    return state
+
+
+def run_chunks(state: Any, dataset: Any, transform: Any, output_dir: str | os.PathLike, *, chunk_rows: int,
+               batch_size: int = 64, overwrite: bool = False) -> Any:
+    """Apply ``transform`` to ``dataset`` in chunks shared out over ``state``'s processes, through the score cache
+    under ``<output_dir>/cache`` (resuming what a killed or earlier run left; ``overwrite`` redoes it); each
+    process writes ``progress-<rank>-of-<world>.json``. Returns every row in order on the main process, else None.
+    """
+    from .cache import scoring_key, write_json_atomic
+
+    rank, world = state.process_index, state.num_processes
+    cache = ScoreCache(Path(output_dir) / "cache", scoring_key(transform, dataset, chunk_rows=chunk_rows))
+    if state.is_main_process:
+        if overwrite:
+            cache.clear()
+        done = cache.names()
+        logger.info(f"resuming: {len(done)} chunk(s) already in {cache.folder}" if done else cache.describe_miss())
+    state.wait_for_everyone()
+    progress = score_chunks(dataset, transform, cache, chunk_rows=chunk_rows, rank=rank, world=world,
+                            batch_size=batch_size)
+    write_json_atomic(Path(output_dir) / f"progress-{rank:05d}-of-{world:05d}.json", progress.to_dict())
+    state.wait_for_everyone()
+    return gather_chunks(cache, len(dataset), chunk_rows) if state.is_main_process else None
 
 
 def chunk_bounds(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:

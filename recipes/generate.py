@@ -29,7 +29,6 @@ import json
 import logging
 import sys
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from car_hf import ConfigError, InputError, ModelLoadError
@@ -79,19 +78,14 @@ def load_prompts(args: GenerateArguments, config: TeacherConfig):
 
 def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
     import datasets
-    import torch
-    from accelerate import PartialState
 
-    from car_hf.cache import ScoreCache, scoring_key, write_json_atomic
     from car_hf.data import save_data
-    from car_hf.distributed import gather_chunks, score_chunks, setup_logging
+    from car_hf.distributed import run_chunks, start_processes
     from car_hf.generate import add_responses, resolve_engine
     from car_hf.inputs import check_data_source, check_model_source
 
-    state = PartialState(cpu=args.cpu or not torch.cuda.is_available(),
-                         timeout=timedelta(minutes=args.timeout_minutes))
-    rank, world = state.process_index, state.num_processes
-    setup_logging(rank, world)
+    state = start_processes(cpu=args.cpu, timeout_minutes=args.timeout_minutes)
+    world = state.num_processes
 
     # 1. Check the options and the data before any model loads (the main process loads first: the others read
     #    datasets' cache).
@@ -110,22 +104,12 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
     device = {"teacher_device": str(state.device)} if engine == "transformers" else {}
     generator = add_responses(config=dataclasses.replace(config, engine=engine, **device))
     output_dir = Path(args.output_dir)
-    cache = ScoreCache(output_dir / "cache", scoring_key(generator, ds, chunk_rows=args.chunk_rows))
-    if state.is_main_process:
-        if args.overwrite:
-            cache.clear()
-        done = cache.names()
-        logger.info(f"resuming: {len(done)} chunk(s) already in {cache.folder}" if done else cache.describe_miss())
-    state.wait_for_everyone()
-    progress = score_chunks(ds, generator, cache, chunk_rows=args.chunk_rows, rank=rank, world=world,
-                            batch_size=args.map_batch_size)
-    write_json_atomic(output_dir / f"progress-{rank:05d}-of-{world:05d}.json", progress.to_dict())
-    state.wait_for_everyone()
+    generated = run_chunks(state, ds, generator, output_dir, chunk_rows=args.chunk_rows,
+                           batch_size=args.map_batch_size, overwrite=args.overwrite)
 
-    # 3. The main process assembles every chunk in row order and writes the generated dataset.
+    # 3. The main process writes the generated dataset.
     result = None
     if state.is_main_process:
-        generated = gather_chunks(cache, len(ds), args.chunk_rows)
         column = generator.config.generation_column
         truncated = sum(generated[f"{column}_truncated"])
         record = generator.record() | {"dataset": args.dataset_name, "n_rows": len(generated), "truncated": truncated,

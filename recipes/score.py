@@ -18,11 +18,9 @@ options or car_hf version scores afresh. The main process writes ``output_dir`` 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from car_hf import CARConfig, ConfigError, InputError, ModelLoadError
@@ -63,21 +61,17 @@ def make_parser():
 
 
 def main(args: ScoreArguments, config: CARConfig) -> Path | None:
-    import datasets
-    import torch
-    from accelerate import PartialState
+    import dataclasses
 
-    from car_hf.cache import ScoreCache, scoring_key, write_json_atomic
+    import datasets
+
     from car_hf.data import save_data, write_ranking
-    from car_hf.distributed import gather_chunks, score_chunks, setup_logging
+    from car_hf.distributed import run_chunks, start_processes
     from car_hf.inputs import check_config_sources, check_data_source, check_scoring_inputs, load_job_data
     from car_hf.ranking import rank_generators
     from car_hf.scoring import scorer_for_ranking
 
-    state = PartialState(cpu=args.cpu or not torch.cuda.is_available(),
-                         timeout=timedelta(minutes=args.timeout_minutes))
-    rank, world = state.process_index, state.num_processes
-    setup_logging(rank, world)
+    state = start_processes(cpu=args.cpu, timeout_minutes=args.timeout_minutes)
 
     # 1. Check, then load the data (the main process first: the others read datasets' cache).
     check_data_source(args.dataset_name)
@@ -89,27 +83,16 @@ def main(args: ScoreArguments, config: CARConfig) -> Path | None:
     check_scoring_inputs(ds, config)
     datasets.disable_caching()  # the chunks are in car_hf's cache; datasets' copy of each would be a second one
 
-    # 2. Score this process's chunks into the cache (skipping those a killed or earlier run left there).
+    # 2. Score the chunks over the processes, through the score cache (a rerun skips what is there).
     scorer = scorer_for_ranking(dataclasses.replace(config, score_device=str(state.device)))
     output_dir = Path(args.output_dir)
-    cache = ScoreCache(output_dir / "cache", scoring_key(scorer, ds, chunk_rows=args.chunk_rows))
-    if state.is_main_process:
-        if args.overwrite:
-            cache.clear()
-        done = cache.names()
-        logger.info(f"resuming: {len(done)} chunk(s) already in {cache.folder}" if done else cache.describe_miss())
-    state.wait_for_everyone()
-    progress = score_chunks(ds, scorer, cache, chunk_rows=args.chunk_rows, rank=rank, world=world,
-                            batch_size=args.map_batch_size)
-    write_json_atomic(output_dir / f"progress-{rank:05d}-of-{world:05d}.json", progress.to_dict())
-    state.wait_for_everyone()
+    scored = run_chunks(state, ds, scorer, output_dir, chunk_rows=args.chunk_rows, batch_size=args.map_batch_size,
+                        overwrite=args.overwrite)
 
-    # 3. The main process assembles every chunk in row order and writes the ranking folder.
-    result = None
+    # 3. The main process writes the ranking folder.
     if state.is_main_process:
-        scored = gather_chunks(cache, len(ds), args.chunk_rows)
         record = scorer.scoring_config() | {"dataset": args.dataset_name, "n_rows": len(scored),
-                                            "chunk_rows": args.chunk_rows, "world_size": world}
+                                            "chunk_rows": args.chunk_rows, "world_size": state.num_processes}
         if args.by in scored.column_names:
             table = rank_generators(scored, by=args.by, beta=config.beta, reward_transform=config.reward_transform,
                                     n_bootstrap=args.n_bootstrap, confidence=args.confidence, seed=args.seed,
@@ -119,10 +102,9 @@ def main(args: ScoreArguments, config: CARConfig) -> Path | None:
         else:
             logger.info("no %r column: no generator leaderboard", args.by)
             save_data(scored, str(output_dir / "scored"), record)
-        result = output_dir
         logger.info("wrote %s", output_dir)
     state.wait_for_everyone()
-    return result
+    return output_dir if state.is_main_process else None
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+from loopback import LoopbackServer
 
 TOKEN = "hf_test_token_1234567890abcdefghijklmnop"
 
@@ -69,12 +70,14 @@ class Repo:
     snapshots: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
 
-class HubServer:
+class HubServer(LoopbackServer):
     """The loopback Hub: ``start()``/``stop()`` or use as a context manager."""
 
+    handler_attribute = "hub"
+
     def __init__(self, token: str = TOKEN, lifetime: float = 120.0):
+        super().__init__(lifetime)
         self.token = token
-        self.lifetime = lifetime
         self.repos: dict[tuple[str, str], Repo] = {}
         self.commits: list[dict[str, Any]] = []  # one entry per commit that landed
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
@@ -83,39 +86,10 @@ class HubServer:
         self.fail_status = 503
         self._lock = threading.Lock()
         self._commit_counter = 0
-        self._httpd: ThreadingHTTPServer | None = None
-        self._timer: threading.Timer | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> HubServer:
-        handler = type("Handler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # port 0: a free port
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self._timer = threading.Timer(self.lifetime, self.stop)
-        self._timer.daemon = True
-        self._timer.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if self._timer is not None:
-            self._timer.cancel()
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.address
 
     # -- what tests read ---------------------------------------------------------------------------
     def repo(self, repo_id: str, repo_type: str = "dataset") -> Repo:
@@ -326,3 +300,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _NO_REPO = {"error": "Repository not found"}
+
+
+HubServer.handler = _Handler

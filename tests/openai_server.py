@@ -36,8 +36,10 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from loopback import LoopbackServer
 
 Responder = Callable[[list[dict[str, str]], int], tuple[str, str, int]]
 MAX_DELAY = 5.0
@@ -61,13 +63,13 @@ def canned(answers: dict[str, str]) -> Responder:
     return respond
 
 
-class OpenAIServer:
+class OpenAIServer(LoopbackServer):
     """The loopback endpoint: ``start()``/``stop()`` or use as a context manager."""
 
     def __init__(self, responder: Responder = echo, *, token: str | None = None, lifetime: float = 120.0):
+        super().__init__(lifetime)
         self.responder = responder
         self.token = token
-        self.lifetime = lifetime
         self.script: list[str] = []
         self.fail_always: str | None = None
         self.fail_if: Callable[[dict[str, Any]], str | None] | None = None
@@ -78,38 +80,10 @@ class OpenAIServer:
         self.max_in_flight = 0
         self._in_flight = 0
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._timer: threading.Timer | None = None
 
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> OpenAIServer:
-        handler = type("Handler", (_Handler,), {"server_double": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # port 0: a free port
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self._timer = threading.Timer(self.lifetime, self.stop)
-        self._timer.daemon = True
-        self._timer.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if self._timer is not None:
-            self._timer.cancel()
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return f"{self.address}/v1"
 
     def _failure(self, body: dict[str, Any]) -> str | None:
         with self._lock:
@@ -177,3 +151,6 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1},
         }
         self._send(200, json.dumps(answer).encode())
+
+
+OpenAIServer.handler = _Handler

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from datasets import Dataset, load_from_disk
 
 import tiny

@@ -114,7 +114,7 @@ def test_missing_path_is_a_model_load_error_saying_it_does_not_exist(tmp_path, m
     )
     assert isinstance(caught.value, OSError)  # code catching OSError keeps working
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelLoadError, match=rf"no model at './nothing.gguf': the path does not exist \(looked in "):
+    with pytest.raises(ModelLoadError, match=r"no model at './nothing.gguf': the path does not exist \(looked in "):
         load_model("./nothing.gguf")
 
 

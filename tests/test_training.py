@@ -5,7 +5,6 @@ import types
 import pytest
 from datasets import Dataset
 
-import tiny
 from car_hf import CARConfig, ConfigError, InputError
 from car_hf.config import PLAIN_TEMPLATE
 from car_hf.formats import detect_layout

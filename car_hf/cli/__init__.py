@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
