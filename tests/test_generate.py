@@ -243,21 +243,12 @@ def test_pickles_as_its_recipe_and_a_second_map_hits_the_datasets_cache(tmp_path
 
 
 # ------------------------------------------------------------------------------------------------ recipes/generate.py
-from test_recipes import CONFIGS, RECIPES, _module, accelerate, run, tiny_model  # noqa: E402
+from test_recipes import CONFIGS, RECIPES, _module, accelerate, run, workdir  # noqa: E402,F401 - workdir: a fixture
 from test_recipes import TWO_CPU as SCORE_TWO_CPU  # noqa: E402
 
 generate_recipe = _module("generate")
 TWO_CPU = (*SCORE_TWO_CPU[:-1], "29633")  # another port than test_recipes': both may run at once
 GENERATE = ("--config", str(CONFIGS / "generate_tiny_cpu.yaml"))
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A folder laid out like a clone after `python recipes/tiny_model.py`: runs/tiny-model, runs/tiny-data."""
-    folder = tmp_path_factory.mktemp("generate_recipe")
-    tiny_model.write_tiny_model(folder / "runs" / "tiny-model")
-    tiny_model.write_tiny_data(folder / "runs" / "tiny-data")
-    return folder
 
 
 def read_generated(folder: Path) -> list[dict]:
