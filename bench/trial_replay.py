@@ -9,6 +9,7 @@ compared with the exhaustive ranking (CAR over every cached instruction). Writes
 
     python bench/adaptive_replay.py score --instructions 805    # once, in the background (hours on 2 CPU cores)
     python bench/trial_replay.py --replays 200
+    python bench/trial_replay.py --replays 200 --reward-only     # all 805 instructions, judge preference alone
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from adaptive_replay import CHUNK, REFERENCE, chunk_path  # noqa: E402 - the cached scores of the SmolLM2 replay
+from adaptive_replay import CHUNK, REFERENCE, chunk_path, reward_only  # noqa: E402 - the SmolLM2 replay's data
 
 from car_hf.trial import rank_teachers  # noqa: E402
 
@@ -73,12 +74,19 @@ def main(argv=None) -> None:
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--reward-only", action="store_true",
+                        help="judge preference alone on all 805 instructions (beta 0, no model): writes TRIAL_REWARD.md")
     parser.add_argument("--write", action="store_true", help="write bench/TRIAL.md")
     args = parser.parse_args(argv)
     datasets.disable_progress_bars()
     datasets.disable_caching()
 
-    frame = cached_instructions(args.max_length)
+    if args.reward_only:
+        frame = reward_only(805)
+        frame = frame[frame["generator"] != REFERENCE].reset_index(drop=True)
+        args.beta = 0.0
+    else:
+        frame = cached_instructions(args.max_length)
     n = frame["instruction_id"].nunique()
     means = frame.groupby("generator")[["reward", "base_loss"]].mean()
     exhaustive = (means["reward"] / (1 + args.beta * means["base_loss"])).sort_values(ascending=False)
@@ -99,9 +107,11 @@ def main(argv=None) -> None:
         "",
         f"`python bench/trial_replay.py --replays {args.replays}` on {platform.processor() or platform.machine()}, "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s. {len(teachers)} teachers (the zoo's "
-        f"generators but the judge's reference), the first {n} instructions cached by `bench/adaptive_replay.py "
-        f"score` (judge preference as reward, SmolLM2-135M-Instruct loss, 512 tokens), beta = {args.beta}, target "
-        f"top1 at confidence {args.confidence} (Bonferroni), default schedule.",
+        f"generators but the judge's reference), "
+        + (f"all {n} instructions, judge preference alone (beta = 0, no model)" if args.reward_only else
+           f"the first {n} instructions cached by `bench/adaptive_replay.py score` (judge preference as reward, "
+           f"SmolLM2-135M-Instruct loss, 512 tokens), beta = {args.beta}")
+        + f", target top1 at confidence {args.confidence} (Bonferroni), default schedule.",
         "",
         "Exhaustive CAR ranking (every cached instruction, every teacher):",
         "",
@@ -115,8 +125,9 @@ def main(argv=None) -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        OUT.write_text("\n".join(lines) + "\n")
-        print(f"wrote {OUT}")
+        out = OUT.with_name("TRIAL_REWARD.md") if args.reward_only else OUT
+        out.write_text("\n".join(lines) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
