@@ -64,6 +64,21 @@ KEYWORD_ALIASES = {
 }
 
 
+def import_object(spec: str, what: str) -> Any:
+    """The object an import path ``module:name`` names (a reward function, an answer extractor ...), as configs and
+    command lines name code; a :class:`~car_hf.errors.ConfigError` naming ``what`` when it cannot be imported."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f"{what} {spec!r} cannot be imported (expected module:name): {error}") from None
+    return target
+
+
 @dataclass
 class CARConfig:
     """How car_hf scores responses: the student base model, the reward, CAR's beta, and the engine options."""

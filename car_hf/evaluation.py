@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 import re
@@ -46,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
-from .tasks import ANSWER_MATCH, extract_answer
+from .tasks import ANSWER_MATCH, extract_answer, metric_scores
 from .teacher import TeacherConfig
 
 MIN_LC_ITEMS = 10
@@ -242,43 +241,6 @@ def length_controlled_win_rate(wins: Sequence[float], length_difference: Sequenc
 
 
 # ------------------------------------------------------------------------------------------------ scorers
-def _import(spec: str, what: str) -> Any:
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError(f"{what} {spec!r} cannot be imported (expected module:function): {error}") from None
-
-
-def metric_scores(texts: Sequence[str], references: Sequence[Any], metric: str = ANSWER_MATCH,
-                  extractor: Callable[[str], str] | str | None = extract_answer,
-                  key: str = "exact_match") -> list[float]:
-    """Per-item value of an ``evaluate`` metric on the extracted answers; refuses a metric giving non-numbers.
-
-    >>> metric_scores(["It is 12.", "13"], ["12", "12"])
-    [1.0, 0.0]
-    """
-    import evaluate
-
-    extract = _import(extractor, "extractor") if isinstance(extractor, str) else extractor or (lambda text: text)
-    module = evaluate.load(metric)
-    predictions, references = [extract(t) for t in texts], [str(r) for r in references]
-    result = module.compute(predictions=predictions, references=references)
-    if isinstance(result, dict) and isinstance(result.get("scores"), list):  # one call scores every pair
-        values = result["scores"]
-    else:
-        values = [module.compute(predictions=[p], references=[r]) for p, r in zip(predictions, references)]
-        missing = [v for v in values if not isinstance(v, dict) or key not in v]
-        if missing:
-            raise ConfigError(f"metric {metric!r} returned {missing[0]!r}, without the key {key!r} (metric_key)")
-        values = [v[key] for v in values]
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float, np.number))]
-    if bad:
-        raise InputError(f"metric {metric!r} returned a non-number for key {key!r}: {bad[0]!r}; a student is "
-                         "measured by a number per item")
-    return [float(v) for v in values]
-
-
 def parse_verdict(text: str) -> str | None:
     """The judge's choice, ``"a"`` or ``"b"``, from the start of its answer (None when unreadable)."""
     found = re.match(r"\W*(?:output\s*)?\(?([ab])\b", text.strip().lower())

@@ -28,7 +28,7 @@ from . import formats
 from ._version import __version__
 from .batching import model_batches
 from .car import check_rewards
-from .config import CARConfig
+from .config import CARConfig, import_object
 from .errors import ConfigError, InputError
 from .formats import Example, Rendered
 from .transform import ModelTransform, row_names, split_map_args
@@ -127,15 +127,7 @@ as the CLI and YAML configs name one, e.g. ``car_hf.tasks:AnswerReward``."""
 
 def import_reward_function(spec: str) -> Callable[..., Sequence[Any]]:
     """The reward function an import path names; a class is instantiated with no arguments."""
-    import importlib
-
-    module_name, _, attribute = spec.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as error:
-        raise ConfigError(f"reward function {spec!r} cannot be imported: {error}") from None
+    target = import_object(spec, "reward function")
     return target() if isinstance(target, type) else target
 
 

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .config import import_object
+from .errors import ConfigError, InputError
 
 ANSWER_MATCH = str(Path(__file__).parent / "metrics" / "answer_match" / "answer_match.py")
 """Path of car_hf's ``evaluate`` metric for checkable answers (``evaluate.load(ANSWER_MATCH)`` works offline)."""
@@ -118,13 +121,40 @@ class AnswerReward:
         if self.answer_column not in columns:
             raise KeyError(f"AnswerReward needs the reference column {self.answer_column!r}; columns passed: "
                            f"{sorted(columns)}")
-        if self._module is None:
+        if self._module is None:  # loaded once per process, not per map batch
             self._module = evaluate.load(self.metric)
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        predictions = [extract_answer(t) for t in texts]
-        references = [str(a) for a in columns[self.answer_column]]
-        result = self._module.compute(predictions=predictions, references=references)
-        if "scores" in result:  # answer_match scores every pair in one call
-            return [float(s) for s in result["scores"]]
-        return [float(self._module.compute(predictions=[p], references=[r])[self.key])
-                for p, r in zip(predictions, references)]
+        return metric_scores(texts, columns[self.answer_column], self.metric, key=self.key, module=self._module)
+
+
+def metric_scores(texts: Sequence[str], references: Sequence[Any], metric: str = ANSWER_MATCH,
+                  extractor: Callable[[str], str] | str | None = extract_answer, key: str = "exact_match",
+                  module: Any = None) -> list[float]:
+    """Per-item value of an ``evaluate`` metric on the extracted answers; refuses a metric giving non-numbers.
+
+    ``extractor``: a function, an import path (``module:function``) or None (the text as it is); ``module``: the
+    metric already loaded.
+
+    >>> metric_scores(["It is 12.", "13"], ["12", "12"])
+    [1.0, 0.0]
+    """
+    import evaluate
+    import numpy as np
+
+    extract = import_object(extractor, "extractor") if isinstance(extractor, str) else extractor or (lambda t: t)
+    module = module if module is not None else evaluate.load(metric)
+    predictions, references = [extract(t) for t in texts], [str(r) for r in references]
+    result = module.compute(predictions=predictions, references=references)
+    if isinstance(result, dict) and isinstance(result.get("scores"), list):  # one call scores every pair
+        values = result["scores"]
+    else:
+        values = [module.compute(predictions=[p], references=[r]) for p, r in zip(predictions, references)]
+        missing = [v for v in values if not isinstance(v, dict) or key not in v]
+        if missing:
+            raise ConfigError(f"metric {metric!r} returned {missing[0]!r}, without the key {key!r} (metric_key)")
+        values = [v[key] for v in values]
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float, np.number))]
+    if bad:
+        raise InputError(f"metric {metric!r} returned a non-number for key {key!r}: {bad[0]!r}; an answer is "
+                         "scored by a number")
+    return [float(v) for v in values]
