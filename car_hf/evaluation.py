@@ -271,19 +271,9 @@ def load_student(model: Any) -> Any:
         return model
     merged = folder / "merged"
     if not (merged / "config.json").is_file():
-        import shutil
-        import uuid
+        from .training import merge_lora
 
-        from peft import AutoPeftModelForCausalLM, PeftConfig
-        from transformers import AutoTokenizer
-
-        has_tokenizer = (folder / "tokenizer_config.json").is_file()
-        source = str(folder) if has_tokenizer else PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
-        tmp = folder / f".merged-{uuid.uuid4().hex[:8]}"  # renamed into place: a killed merge leaves no half model
-        AutoPeftModelForCausalLM.from_pretrained(str(folder)).merge_and_unload().save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-        shutil.rmtree(merged, ignore_errors=True)
-        os.replace(tmp, merged)
+        merge_lora(folder, merged)
     return str(merged)
 
 

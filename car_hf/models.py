@@ -47,20 +47,18 @@ from typing import Any
 
 import torch
 
+from .devices import DeviceLike, default_dtype, resolve_device, resolve_dtype
 from .errors import ModelLoadError
 from .gguf import OFFLINE_PACKAGES, converted_folder, converted_package_folder, offline_package
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["KINDS", "DeviceLike", "ModelSpec", "clear_model_cache", "default_dtype", "describe_model", "load_model",
+           "local_model_path", "model_fingerprint", "resolve_device"]
+
 ModelSpec = str | os.PathLike | tuple
-DeviceLike = str | int | torch.device | None
 
 KINDS = ("causal_lm", "reward")
-_DTYPE_ALIASES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
 
 
 # (spec, kind, dtype, device, revision, trust_remote_code) -> (model, tokenizer)
@@ -72,57 +70,6 @@ _MODEL_SOURCES: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]] = wea
 _LOCK = threading.RLock()
 # (resolved path, (relative name, size, mtime_ns) of every file) -> content hash, so each is read once per process
 _CONTENT_DIGESTS: dict[tuple, str] = {}
-
-
-def resolve_device(device: DeviceLike = None) -> torch.device:
-    """Normalize a device argument.
-
-    ``None`` -> ``cuda:0`` when CUDA is available, else ``cpu``; an int is a process rank -> ``cuda:{rank %
-    device_count}`` (so ``Dataset.map(..., with_rank=True)`` workers spread over the GPUs), or ``cpu`` without
-    CUDA; strings and ``torch.device`` pass through, with a bare ``"cuda"`` made explicit as ``cuda:0``.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if device is None:
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, int) and not isinstance(device, bool):
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{device % torch.cuda.device_count()}")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        # "cuda" and "cuda:0" must share a memo entry
-        return torch.device("cuda:0")
-    return device
-
-
-def default_dtype(device: DeviceLike = None) -> torch.dtype:
-    """The dtype ``dtype="auto"`` picks for ``device``.
-
-    float32 on CPU (bfloat16 is slower there without AMX, and float32 keeps losses exact), bfloat16 on CUDA
-    devices that support it (compute capability >= 8), float16 on older CUDA devices, float32 elsewhere.
-
-    Example:
-        >>> default_dtype("cpu")
-        torch.float32
-    """
-    device = resolve_device(device)
-    if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
-    return torch.float32
-
-
-def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return default_dtype(device)
-    if dtype in _DTYPE_ALIASES:
-        return _DTYPE_ALIASES[dtype]
-    raise ValueError(f"unknown dtype {dtype!r}: pass 'auto', a torch.dtype, or one of {sorted(_DTYPE_ALIASES)}")
 
 
 def _is_offline() -> bool:
@@ -208,9 +155,9 @@ def load_model(
     target = resolve_device(device)
     if isinstance(spec, tuple):
         model, tokenizer = spec
-        return _finish(model, tokenizer, target, None if dtype == "auto" else _resolve_dtype(dtype, target))
+        return _finish(model, tokenizer, target, None if dtype == "auto" else resolve_dtype(dtype, target))
 
-    torch_dtype = _resolve_dtype(dtype, target)
+    torch_dtype = resolve_dtype(dtype, target)
     name = _normalize_spec(spec)
     key = (name, kind, str(torch_dtype), str(target), revision, trust_remote_code)
     with _LOCK:

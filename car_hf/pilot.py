@@ -37,16 +37,18 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ._version import __version__
 from .cache import ScoreCache
 from .errors import ConfigError, InputError
-from .evaluation import EvaluationConfig, StudentEvaluation, evaluate_student
+from .evaluation import MEASURES, EvaluationConfig, StudentEvaluation, evaluate_student, summarize
 from .formats import detect_layout, row_example
 from .pilot_report import PilotReport, build_report
 from .ranking import rank_generators
@@ -54,6 +56,73 @@ from .ranking import rank_generators
 logger = logging.getLogger(__name__)
 
 BASELINE = "(untuned student)"
+
+
+@dataclass
+class PilotArguments:
+    """The pool, the held-out set, the teachers, the number of training instructions and the seeds (the options
+    of ``car-hf pilot`` and ``recipes/pilot.py`` next to TRL's ``SFTConfig`` and ``ModelConfig``)."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "The scored pool (long layout with reward and base_loss): a file, a "
+                                        "save_to_disk folder (e.g. recipes/score.py's output_dir/scored) or a Hub id."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset or DatasetDict."})
+    heldout_name: str | None = field(default=None, metadata={"help": "Held-out instructions (file, folder, Hub id)."})
+    heldout_split: str = field(default="train", metadata={"help": "Split of the held-out dataset."})
+    n_instructions: int = field(default=1000, metadata={"help": "Training instructions per teacher (the same ones)."})
+    teachers: list[str] | None = field(
+        default=None, metadata={"help": "Teachers to compare (default: CAR top 3, reward-only winner, CAR bottom)."})
+    seeds: list[int] | None = field(
+        default=None, metadata={"help": "Training seeds: one student per teacher and seed, realized values averaged "
+                                        "over seeds (default: the training seed alone)."})
+    by: str = field(default="generator", metadata={"help": "The column naming each row's teacher."})
+    beta: float = field(default=1.0, metadata={"help": "CAR's beta for the prediction."})
+    reward_transform: str = field(default="raise", metadata={"help": "CAR's reward transform (car_hf.car)."})
+    measure: str | None = field(
+        default=None, metadata={"help": "Realized measure: accuracy | reward | win_rate | lc_win_rate (default: "
+                                        "the first the scorers give)."})
+
+
+def pilot_parser(parser_class: type | None = None, **kwargs: Any) -> Any:
+    """The ``TrlParser`` (or ``parser_class``, a subclass) of a pilot: :class:`PilotArguments`,
+    ``EvaluationArguments`` (the scorers), ``TeacherConfig`` (the students' generation), ``trl.SFTConfig`` and
+    ``trl.ModelConfig``; ``--config`` reads a YAML file of them (command-line options override it).
+
+    >>> args, scorers, generation, training_args, model_args = pilot_parser().parse_args_and_config(
+    ...     ["--model_name_or_path", "student", "--seeds", "0", "1", "--metric", "answer_match", "--use_peft",
+    ...      "--use_cpu", "--bf16", "false"])  # SFTConfig's default bf16 needs a GPU
+    >>> args.seeds, scorers.metric, model_args.use_peft
+    ([0, 1], 'answer_match', True)
+    """
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from .evaluation import EvaluationArguments
+    from .teacher import TeacherConfig
+
+    return (parser_class or TrlParser)((PilotArguments, EvaluationArguments, TeacherConfig, SFTConfig, ModelConfig),
+                                       **kwargs)
+
+
+def pilot_from_arguments(args: PilotArguments, scorers: Any, generation: Any, training_args: Any,
+                         model_args: Any) -> PilotReport | None:
+    """:func:`run_pilot` from :func:`pilot_parser`'s dataclasses: sources checked, data loaded, report logged."""
+    from .data import load_data
+    from .distributed import setup_logging
+    from .inputs import check_data_source, check_model_source
+
+    setup_logging(training_args.process_index, training_args.world_size)
+    check_model_source(model_args.model_name_or_path, "model_name_or_path")
+    check_data_source(args.dataset_name)
+    check_data_source(args.heldout_name, "heldout_name")
+    evaluation = scorers.config(generation)
+    pool = load_data(args.dataset_name, split=args.dataset_split)
+    heldout = load_data(args.heldout_name, split=args.heldout_split)
+    report = run_pilot(pool, heldout, training_args, model_args, evaluation, n_instructions=args.n_instructions,
+                       output_dir=training_args.output_dir, teachers=args.teachers, beta=args.beta,
+                       reward_transform=args.reward_transform, by=args.by, measure=args.measure, seeds=args.seeds)
+    if report is not None:
+        logger.info("pilot report (%s):\n%s", training_args.output_dir, report.to_markdown())
+    return report
 
 
 def choose_teachers(table: pd.DataFrame, teachers: Sequence[str] | None = None, *,
@@ -146,7 +215,8 @@ def _scored_pool(pool: Any) -> Any:
 def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, evaluation: EvaluationConfig, *,
               n_instructions: int, output_dir: str | Path, teachers: Sequence[str] | None = None,
               beta: float = 1.0, reward_transform: str = "raise", by: str = "generator",
-              measure: str | None = None, plain_template: str | None = None) -> PilotReport | None:
+              measure: str | None = None, plain_template: str | None = None,
+              seeds: Sequence[int] | None = None) -> PilotReport | None:
     """Fine-tune the student ``model_args.model_name_or_path`` on each chosen teacher's answers and compare the
     predicted (CAR ...) and realized (evaluated) rankings; see the module docstring.
 
@@ -161,6 +231,8 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
         teachers: the teachers to compare (default: see :func:`choose_teachers`).
         beta, reward_transform: CAR's, for the prediction (the table also fits beta).
         measure: the realized measure (default: the first of ``evaluation.measures()``).
+        seeds: training seeds (default: ``training_args.seed`` alone); each teacher's student is trained once per
+            seed and its realized value per held-out item is the mean over seeds (:func:`average_seeds`).
 
     Returns the report (None on the other processes of a multi-process run).
     """
@@ -186,6 +258,9 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
     if measure not in evaluation.measures():
         raise ConfigError(f"measure {measure!r} is not among the evaluated measures {evaluation.measures()}")
     training.check_training_arguments(training_args, model_args, training.SFTScriptArguments())
+    seeds = list(dict.fromkeys(seeds)) if seeds is not None else [training_args.seed]
+    if not seeds:
+        raise ConfigError("seeds is empty: give at least one training seed")
 
     # 2. The tokenizer and each teacher's TRL records (a bad row is reported here, before training).
     student = local_model_path(model_args.model_name_or_path, revision=model_args.model_revision)
@@ -194,10 +269,11 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
     records = {t: training.to_records(r, tokenizer, layout, plain_template or PLAIN_TEMPLATE) for t, r in rows.items()}
 
     # What a student's training depends on (so adding a teacher or changing the held-out set retrains nothing).
+    # The seed is part of each student's name instead, so adding a seed retrains nothing either.
     training_budget = {"student": model_args.model_name_or_path, "n_instructions": n_instructions,
                        **{k: v for k, v in training_hyperparameters(training_args, model_args).items()
-                          if v is not None}}
-    budget = training_budget | {"n_heldout": len(heldout), "teachers": len(chosen)}
+                          if v is not None and k != "seed"}}
+    budget = training_budget | {"seeds": seeds, "n_heldout": len(heldout), "teachers": len(chosen)}
     root = Path(output_dir) / "cache"
     trained = ScoreCache(root, {"car_hf_version": __version__, "what": "pilot students",
                                 "student": model_fingerprint(student, revision=model_args.model_revision),
@@ -214,30 +290,66 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
         results[BASELINE], cost[BASELINE] = _evaluate(evaluated, "eval-baseline", student, heldout, evaluation,
                                                       BASELINE)
     PartialState().wait_for_everyone()
-    # 4. Each teacher: train (unless cached), evaluate (unless cached).
+    # 4. Each teacher and seed: train (unless cached), evaluate (unless cached).
+    by_seed: dict[str, dict[int, StudentEvaluation]] = {}
     for teacher, _ in chosen:
-        part = f"student-{_slug(teacher)}-{content_digest(records[teacher])}"
-        folder, seconds, reused = _train(trained, part, records[teacher], tokenizer, student, training_args,
-                                         model_args)
-        PartialState().wait_for_everyone()
-        if main:
-            results[teacher], cost[teacher] = _evaluate(evaluated, f"eval-{part}", folder, heldout, evaluation,
-                                                        teacher)
-            cost[teacher] |= {"train_seconds": seconds, "training_reused": reused}
+        for seed in seeds:
+            part = f"student-{_slug(teacher)}-{content_digest(records[teacher])}-seed{seed}"
+            folder, seconds, reused = _train(trained, part, records[teacher], tokenizer, student, training_args,
+                                             model_args, seed)
+            PartialState().wait_for_everyone()
+            if main:
+                by_seed.setdefault(teacher, {})[seed], spent = _evaluate(evaluated, f"eval-{part}", folder, heldout,
+                                                                         evaluation, teacher)
+                so_far = cost.setdefault(teacher, {"train_seconds": 0.0, "eval_seconds": 0.0})
+                so_far["train_seconds"] += seconds or 0.0
+                so_far["eval_seconds"] += spent["eval_seconds"]
+                so_far["training_reused"] = so_far.get("training_reused", 0) + reused
+                so_far["evaluation_reused"] = so_far.get("evaluation_reused", 0) + spent["evaluation_reused"]
     if not main:
         return None
+    for teacher, evaluations in by_seed.items():
+        results[teacher] = average_seeds(evaluations, evaluation, list(heldout.column_names))
     # What the pilot cost (every student, including those a resumed run reused) and what this run took.
     spent = sum((c.get("train_seconds") or 0) + c["eval_seconds"] for c in cost.values())
     cost["total"] = {"compute_seconds": round(spent, 1), "wall_seconds": round(time.time() - started, 1),
                      "processes": training_args.world_size, "device": str(training_args.device)}
+    realized_by_seed = {t: {seed: e.summary[measure]["mean"] for seed, e in evaluations.items()}
+                        for t, evaluations in by_seed.items()}
     report = build_report(table, chosen, results, measure=measure, baseline=BASELINE, budget=budget, cost=cost,
-                          evaluation=evaluation, by=by)
+                          evaluation=evaluation, by=by, by_seed=realized_by_seed)
     report.save(output_dir)
     return report
 
 
+def average_seeds(evaluations: Mapping[int, StudentEvaluation], config: EvaluationConfig,
+                  columns: Sequence[str]) -> StudentEvaluation:
+    """One teacher's evaluation over its students of several seeds: per held-out item, the mean over seeds of each
+    per-item measure (so intervals and paired tests stay over the same items), each seed's values and answers
+    kept as ``<column>_seed<s>`` next to the held-out ``columns``.
+
+    >>> import pandas as pd
+    >>> one = StudentEvaluation("t", pd.DataFrame({"q": ["a", "b"], "response": ["1", "2"], "correct": [1., 0.]}), {})
+    >>> two = StudentEvaluation("t", pd.DataFrame({"q": ["a", "b"], "response": ["1", "3"], "correct": [1., 1.]}), {})
+    >>> mean = average_seeds({0: one, 1: two}, EvaluationConfig(n_bootstrap=0), ["q"])
+    >>> mean.items["correct"].tolist(), mean.items["response_seed1"].tolist(), mean.summary["accuracy"]["mean"]
+    ([1.0, 0.5], ['1', '3'], 0.75)
+    """
+    if len(evaluations) == 1:
+        return next(iter(evaluations.values()))
+    first = next(iter(evaluations.values()))
+    items = first.items[[c for c in columns if c in first.items.columns]].copy()
+    averaged = [c for c in (*MEASURES.values(), "length_difference") if c in first.items.columns]
+    for column in ("response", *averaged):
+        for seed, evaluation in evaluations.items():
+            items[f"{column}_seed{seed}"] = evaluation.items[column].to_numpy()
+    for column in averaged:
+        items[column] = np.mean([e.items[column].to_numpy(float) for e in evaluations.values()], axis=0)
+    return StudentEvaluation(first.name, items, summarize(items, config))
+
+
 def _train(cache: ScoreCache, part: str, records: Any, tokenizer: Any, student: str, training_args: Any,
-           model_args: Any) -> tuple[Path, float | None, bool]:
+           model_args: Any, seed: int) -> tuple[Path, float | None, bool]:
     """The trained student's folder (an adapter with LoRA), its training seconds, and whether it was reused from
     the cache (trained only when the cache has no such part)."""
     folder = cache.folder / f"model-{part}"
@@ -250,6 +362,7 @@ def _train(cache: ScoreCache, part: str, records: Any, tokenizer: Any, student: 
 
     args = copy.deepcopy(training_args)
     args.output_dir = str(folder)
+    args.seed = seed
     args.model_init_kwargs = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
                               **(training_args.model_init_kwargs or {})}
     start = time.time()

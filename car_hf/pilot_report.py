@@ -61,26 +61,31 @@ class PilotReport:
     def to_markdown(self) -> str:
         """The report as markdown (also the pilot section of a card)."""
         m, b, total = self.measure, self.baseline, self.cost["total"]
-        reused = sum(bool(c.get(k)) for c in self.cost.values() for k in ("training_reused", "evaluation_reused"))
+        reused = sum(int(c.get(k) or 0) for c in self.cost.values() for k in ("training_reused", "evaluation_reused"))
+        seeds = "realized_seeds" in self.teachers.columns
         rows = [[f"`{r.teacher}`", r.chosen_because, text(round(r.car, 4)), text(round(r.reward, 4)),
-                 f"{r.realized:.3f} [{r.realized_low:.3f}, {r.realized_high:.3f}]", f"{r.gain_over_untuned:+.3f}"]
-                for r in self.teachers.itertuples()]
+                 f"{r.realized:.3f} [{r.realized_low:.3f}, {r.realized_high:.3f}]"]
+                + ([" / ".join(f"{v:.3f}" for v in r.realized_seeds)] if seeds else [])
+                + [f"{r.gain_over_untuned:+.3f}"] for r in self.teachers.itertuples()]
         lines = [f"## Pilot: predicted vs. realized ({m})", "",
                  f"Budget: {self.budget['n_instructions']} training instructions per teacher, "
                  f"{self.budget['n_heldout']} held-out items, " + ", ".join(
                      f"{k}={v}" for k, v in self.budget.items() if k not in ("n_instructions", "n_heldout", "student"))
                  + ".",
-                 "", table(["teacher", "chosen as", f"CAR (β={self.beta['used']})", "reward", f"realized {m} [CI]",
-                            "vs. untuned"], rows), "",
+                 "", table(["teacher", "chosen as", f"CAR (β={self.beta['used']})", "reward", f"realized {m} [CI]"]
+                           + (["per seed"] if seeds else []) + ["vs. untuned"], rows), "",
                  f"Untuned student: {b['mean']:.3f} [{b['low']:.3f}, {b['high']:.3f}] (n={b['n']}).", ""]
         if self.paired:
             p = self.paired
             lines += [f"Top two ({p['first']} vs. {p['second']}, {p['test']}): difference {p['difference']:+.3f} "
                       f"[{p['low']:.3f}, {p['high']:.3f}], p = {p['p_value']:.3g}, n = {p['n']}.", ""]
-        spearman = [[r.metric, r.direction, text(round(r.rho, 3)), f"[{r.rho_low:.2f}, {r.rho_high:.2f}]",
-                     text(round(r.p_value, 3))] for r in self.spearman.itertuples()]
+        seeds = "rho_seeds" in self.spearman.columns
+        spearman = [[r.metric, r.direction, text(round(r.rho, 3)), f"[{r.rho_low:.2f}, {r.rho_high:.2f}]"]
+                    + ([" / ".join(text(round(v, 2)) for v in r.rho_seeds)] if seeds else [])
+                    + [text(round(r.p_value, 3))] for r in self.spearman.itertuples()]
         lines += ["### Spearman ρ of each signal against the realized performance", "",
-                  table(["signal", "better when", "ρ", "bootstrap CI", "p"], spearman) if spearman
+                  table(["signal", "better when", "ρ", "bootstrap CI"] + (["ρ per seed"] if seeds else []) + ["p"],
+                        spearman) if spearman
                   else "No signal varies across the teachers.", "",
                   f"Fitted β: {text(self.beta.get('fitted'))} (ρ = {text(_round(self.beta.get('rho')))})"
                   + (f"; {self.beta['note']}" if self.beta.get("note") else "") + ".", "",
@@ -177,8 +182,10 @@ def _spearman_intervals(sub: pd.DataFrame, spearman: pd.DataFrame, per_item: np.
 
 def build_report(table_: pd.DataFrame, chosen: Sequence[tuple[str, str]], results: Mapping[str, StudentEvaluation],
                  *, measure: str, baseline: str, budget: dict[str, Any], cost: dict[str, Any],
-                 evaluation: EvaluationConfig, by: str = "generator") -> PilotReport:
-    """The report of a pilot from the pool's leaderboard, the chosen teachers and every student's evaluation."""
+                 evaluation: EvaluationConfig, by: str = "generator",
+                 by_seed: Mapping[str, Mapping[int, float]] | None = None) -> PilotReport:
+    """The report of a pilot from the pool's leaderboard, the chosen teachers and every student's evaluation
+    (``by_seed``: each teacher's realized mean per training seed, shown next to the mean over seeds)."""
     from .ranking import BASELINES, fit_beta, spearman_table
 
     names = [t for t, _ in chosen]
@@ -194,6 +201,9 @@ def build_report(table_: pd.DataFrame, chosen: Sequence[tuple[str, str]], result
         train_seconds=[cost[t].get("train_seconds") for t in sub[by]],
         eval_seconds=[cost[t]["eval_seconds"] for t in sub[by]])
     teachers["gain_over_untuned"] = teachers["realized"] - base["mean"]
+    several = by_seed is not None and len(next(iter(by_seed.values()))) > 1
+    if several:
+        teachers["realized_seeds"] = [list(by_seed[t].values()) for t in teachers["teacher"]]
     teachers = teachers.sort_values("realized", ascending=False, kind="stable").reset_index(drop=True)
     teachers.insert(1, "realized_rank", teachers["realized"].rank(ascending=False, method="min").astype(int))
 
@@ -209,6 +219,13 @@ def build_report(table_: pd.DataFrame, chosen: Sequence[tuple[str, str]], result
         spearman = spearman_table(sub, measured, signals)
     per_item = np.stack([results[t].scores(measure) for t in sub[by]])
     spearman = _spearman_intervals(sub, spearman, per_item, **boot)
+    if several:  # the same table per seed, to show how much ρ moves with the training seed
+        seeds = list(next(iter(by_seed.values())))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            per_seed = [spearman_table(sub, {t: by_seed[t][s] for t in names}, signals).set_index("metric")["rho"]
+                        for s in seeds]
+        spearman["rho_seeds"] = [[float(r.get(m, math.nan)) for r in per_seed] for m in spearman["metric"]]
     beta = {"used": table_.attrs.get("car", {}).get("beta")}
     if len(set(measured.values())) > 1:
         fit = fit_beta(sub, measured)

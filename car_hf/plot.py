@@ -7,7 +7,8 @@ reward alone and still lose because its responses are far from what the base mod
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot, no display, no global backend
 switch), so plotting works on headless machines and never leaks figures into pyplot's registry.
-Point and curve labels are placed by :mod:`car_hf.labels` so that none overlaps another or a point.
+Point and curve labels are placed by :mod:`car_hf.labels` so that none overlaps another or a point; the
+optional per-example CAR panel is drawn by :mod:`car_hf.plot_examples`.
 
 Example:
     >>> from car_hf.ranking import rank_generators
@@ -37,8 +38,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, MaxNLocator
 
-from .car import example_car, transform_rewards
 from .labels import CAP_SIZE, FONT_SIZE, MARKER_SIZE, Curve, extents, label_curves, place_labels, point_boxes
+from .plot_examples import draw_distributions, per_example_car
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -131,7 +132,7 @@ def plot_ranking(
     if shown.empty:
         raise ValueError("plot_ranking: no generator has a finite reward and base_loss")
 
-    per_example = None if examples is None else _per_example_car(examples, meta, by, beta, rebeta)
+    per_example = None if examples is None else per_example_car(examples, meta, by, beta, rebeta)
     fig = Figure(figsize=(14.0 if per_example is not None else 8.5, max(5.5, 0.3 * len(rows) + 3.2)),
                  dpi=DPI)
     FigureCanvasAgg(fig)
@@ -139,7 +140,7 @@ def plot_ranking(
         ax = fig.subplots()
     else:
         ax, ax_dist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.45, 1.0]})
-        _draw_distributions(ax_dist, rows, per_example, by, beta)
+        draw_distributions(ax_dist, rows, per_example, by, beta, (BEST_COLOR, OTHER_COLOR))
 
     source = _reward_source(meta)
     transform = meta.get("reward_transform")
@@ -365,72 +366,6 @@ def _nearest_gap(c: float, levels: Sequence[float], fallback: float) -> float:
     """Distance from level c to its nearest neighbouring level (``|fallback|`` if alone)."""
     gaps = [abs(c - o) for o in levels if o != c]
     return min(gaps) if gaps else abs(fallback) or 1.0
-
-
-def _per_example_car(examples: pd.DataFrame | Dataset, meta: Mapping[str, Any], by: str, beta: float,
-                     rebeta: bool) -> pd.DataFrame:
-    """Per-example CAR by group, made the way the table's CAR was: same reward transform, same beta.
-
-    Recomputed from the reward and loss columns the table was ranked on when present (a ``car``
-    column may come from another beta or transform); else the ``car`` column is used as is.
-    """
-    reward_col = meta.get("reward_column", "reward")
-    loss_col = meta.get("loss_column", "base_loss")
-    if not isinstance(examples, pd.DataFrame):  # a datasets.Dataset: convert only what is used
-        keep = [c for c in dict.fromkeys((by, reward_col, loss_col, "car")) if c in examples.column_names]
-        examples = examples.select_columns(keep).to_pandas()
-    if by not in examples:
-        raise ValueError(f"plot_ranking: examples lack the group column {by!r}")
-    if reward_col in examples and loss_col in examples:
-        raw = pd.to_numeric(examples[reward_col], errors="coerce").to_numpy(float)
-        rewards, record = transform_rewards(raw, meta.get("reward_transform") or "raise",
-                                            column=reward_col)
-        stats = {k: v for k, v in record.items() if k != "reward_transform" and k in meta}
-        if any(not math.isclose(v, meta[k]) for k, v in stats.items()):
-            # Why: pool transforms (minmax, shift) depend on the pool; another pool moves every value.
-            warnings.warn(f"the examples' reward pool gives {stats}, the table was ranked with "
-                          f"{ {k: meta[k] for k in stats} }: are they the same rows?", stacklevel=3)
-        car = example_car(rewards, examples[loss_col].to_numpy(float), beta)
-    elif "car" in examples and not rebeta:
-        car = examples["car"].to_numpy(float)
-    else:
-        need = f"{reward_col!r} and {loss_col!r}" + ("" if rebeta else ", or 'car'")
-        raise ValueError(f"plot_ranking: examples need {need} to show per-example CAR at beta={beta:g}")
-    return pd.DataFrame({by: examples[by].astype(str), "car": car})
-
-
-def _draw_distributions(ax: Axes, rows: pd.DataFrame, per_example: pd.DataFrame, by: str,
-                        beta: float) -> None:
-    """Horizontal box plots of per-example CAR, rank 1 on top, mean as a diamond."""
-    order = rows.sort_values("_rank", kind="stable")
-    groups = {k: v.to_numpy() for k, v in per_example.groupby(by)["car"]}
-    positions, data, colors, tick_labels = [], [], [], []
-    for slot, (_, row) in enumerate(order.iterrows()):
-        values = groups.get(str(row[by]), np.array([]))
-        finite = values[np.isfinite(values)]
-        nan_note = f", {len(values) - len(finite)} NaN" if len(finite) < len(values) else ""
-        tick_labels.append(f"{row['_label']} (n={len(finite)}{nan_note})")
-        if len(finite):
-            positions.append(len(order) - slot)
-            data.append(finite)
-            colors.append(BEST_COLOR if slot == 0 else OTHER_COLOR)
-    if data:
-        parts = ax.boxplot(data, positions=positions, orientation="horizontal", widths=0.6,
-                           patch_artist=True, manage_ticks=False,
-                           flierprops={"markersize": 2, "alpha": 0.3, "markeredgewidth": 0},
-                           medianprops={"color": "black", "linewidth": 1})
-        for patch, flier, color in zip(parts["boxes"], parts["fliers"], colors):
-            patch.set(facecolor=color, alpha=0.35, edgecolor=color)
-            flier.set(markerfacecolor=color)
-        ax.scatter([d.mean() for d in data], positions, marker="D", s=22, color=colors,
-                   edgecolor="white", linewidth=0.6, zorder=4)
-    ax.set_yticks(range(len(order), 0, -1), tick_labels, fontsize=8)
-    ax.get_yticklabels()[0].set(color=BEST_COLOR, fontweight="bold")
-    ax.set_ylim(0.4, len(order) + 0.6)
-    ax.set_xlabel(f"per-example CAR = rᵢ / (1 + {beta:g}·Lᵢ)  [reward units]", fontsize=9)
-    ax.set_title("Per-example CAR (box: quartiles, line: median, ◆ mean)", fontsize=9)
-    ax.tick_params(axis="x", labelsize=8)
-    ax.grid(True, axis="x", color="#e6e6e6", linewidth=0.6, zorder=0)
 
 
 def _save(fig: Figure, path: str | Path) -> None:

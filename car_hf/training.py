@@ -191,21 +191,52 @@ def split_eval(records: Any, eval_size: float | None, seed: int) -> tuple[Any, A
 
 
 def merge_adapter(output_dir: Path, model_args: Any, training_args: Any, tokenizer: Any) -> Path:
-    """Reload the base model, apply the saved adapter, merge, and save to ``<output_dir>/merged`` (with the card)."""
+    """After training: :func:`merge_lora` the adapter saved in ``output_dir`` into the run's base model (its
+    revision, dtype and ``trust_remote_code``), save to ``<output_dir>/merged``, with the run's card."""
     import shutil
 
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "auto"
-    base = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, dtype=getattr(torch, dtype, dtype),
-        trust_remote_code=training_args.trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(output_dir)).merge_and_unload()
-    target = output_dir / "merged"
-    merged.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    target = merge_lora(output_dir, output_dir / "merged", base_model=model_args.model_name_or_path,
+                        tokenizer=tokenizer, revision=model_args.model_revision, dtype=getattr(torch, dtype, dtype),
+                        trust_remote_code=training_args.trust_remote_code)
     if (output_dir / "README.md").is_file():  # the same fine-tune: the same card, as a transformers model
         shutil.copyfile(output_dir / "README.md", target / "README.md")
+    return target
+
+
+def merge_lora(adapter_dir: str | os.PathLike, target: str | os.PathLike, *, base_model: str | None = None,
+               tokenizer: Any = None, **from_pretrained: Any) -> Path:
+    """Merge the LoRA adapter saved in ``adapter_dir`` into its base model; save the plain transformers model
+    and its tokenizer to ``target`` (replaced if it exists) and return ``target``.
+
+    ``base_model`` defaults to the one the adapter's config names (at its revision), loaded with
+    ``from_pretrained`` (e.g. ``revision``, ``dtype``, ``trust_remote_code``); ``tokenizer`` to the adapter
+    folder's, else the base model's. Written to a temporary sibling folder and renamed into place: a killed merge
+    leaves no half model. ``recipes/sft.py`` (:func:`merge_adapter`) and :func:`car_hf.evaluation.load_student`
+    both merge with it.
+    """
+    import shutil
+    import uuid
+
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir, target = Path(adapter_dir), Path(target)
+    if base_model is None:  # as peft's AutoPeftModelForCausalLM: the base model and revision the adapter names
+        config = PeftConfig.from_pretrained(str(adapter_dir))
+        base_model = config.base_model_name_or_path
+        from_pretrained = {"revision": config.revision, **from_pretrained} if config.revision else from_pretrained
+    base = AutoModelForCausalLM.from_pretrained(base_model, **from_pretrained)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if tokenizer is None:
+        source = str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else base_model
+        options = {k: v for k, v in from_pretrained.items() if k in ("revision", "trust_remote_code")}
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    tmp = target.parent / f".{target.name}-{uuid.uuid4().hex[:8]}"
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
     return target

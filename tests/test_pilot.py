@@ -11,10 +11,13 @@ gets none: it must come out last. The report's ρ must equal scipy's on the same
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import trl
@@ -224,3 +227,47 @@ def test_bad_options_are_refused(tmp_path, tasks, tiny_model_dir, no_training):
         run_pilot(*args, EVALUATION, n_instructions=10, output_dir=tmp_path, measure="reward")
     with pytest.raises(ConfigError, match="n_instructions must be >= 1"):
         run_pilot(*args, EVALUATION, n_instructions=0, output_dir=tmp_path)
+
+
+def test_cli_pilot_with_seeds_averages_per_item_and_reuses_finished_seeds(tmp_path, tasks, tiny_model_dir, hf_cache,
+                                                                          monkeypatch, one_thread, capsys):
+    from car_hf.cli import main
+
+    scripted_pool(tasks).to_json(tmp_path / "pool.jsonl")
+    heldout_of(tasks).to_json(tmp_path / "heldout.jsonl")
+    common = ["--config", str(REPO / "recipes" / "configs" / "pilot_tiny_cpu.yaml"), "--model_name_or_path",
+              str(tiny_model_dir), "--dataset_name", str(tmp_path / "pool.jsonl"), "--heldout_name",
+              str(tmp_path / "heldout.jsonl"), "--output_dir", str(tmp_path / "pilot"), "--teachers", "right",
+              "all wrong"]
+    assert main(["pilot", *common, "--seeds", "0", "1"]) == 0
+    assert "wrote the report, its picture and card to" in capsys.readouterr().out
+    report = json.loads((tmp_path / "pilot" / "report.json").read_text())
+    assert report["budget"]["seeds"] == [0, 1] and "seed" not in report["budget"]
+    items = pd.read_csv(tmp_path / "pilot" / "items.csv")
+    for row in report["teachers"]:
+        mine = items[items["student"] == row["teacher"]]
+        # Per item the mean over seeds; the teacher's value the mean of its per-seed values.
+        assert mine["correct"].tolist() == pytest.approx(((mine["correct_seed0"] + mine["correct_seed1"]) / 2).tolist())
+        assert row["realized"] == pytest.approx(np.mean(row["realized_seeds"]))
+        assert row["realized_seeds"] == pytest.approx([mine["correct_seed0"].mean(), mine["correct_seed1"].mean()])
+    cars = {r["teacher"]: r["car"] for r in report["teachers"]}
+    for row in report["spearman"]:
+        assert len(row["rho_seeds"]) == 2
+    car_row = next(r for r in report["spearman"] if r["metric"] == "CAR")
+    for seed, rho in enumerate(car_row["rho_seeds"]):
+        by_seed = {r["teacher"]: r["realized_seeds"][seed] for r in report["teachers"]}
+        names = sorted(cars)
+        expected = spearmanr([cars[t] for t in names], [by_seed[t] for t in names]).statistic
+        assert rho == pytest.approx(expected) == 1.0  # the all-wrong teacher's student is last in every seed
+
+    # A third seed trains only the two new students.
+    built = []
+    original = trl.SFTTrainer.__init__
+    monkeypatch.setattr(trl.SFTTrainer, "__init__", lambda self, *a, **k: built.append(k["args"].seed)
+                        or original(self, *a, **k))
+    assert main(["pilot", *common, "--seeds", "0", "1", "2"]) == 0
+    assert built == [2, 2]
+    assert len(json.loads((tmp_path / "pilot" / "report.json").read_text())["teachers"][0]["realized_seeds"]) == 3
+    # Usage errors are one line.
+    assert main(["pilot", "--use_cpu", "--bf16", "false", "--no_such_option", "1"]) == 2
+    assert "car-hf pilot: error: Some specified arguments are not used" in capsys.readouterr().err

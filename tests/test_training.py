@@ -3,12 +3,13 @@
 import types
 
 import pytest
+import torch
 from datasets import Dataset
 
 from car_hf import CARConfig, ConfigError, InputError
 from car_hf.config import PLAIN_TEMPLATE
 from car_hf.formats import detect_layout
-from car_hf.training import SFTScriptArguments, split_eval, to_records, training_config
+from car_hf.training import SFTScriptArguments, merge_adapter, merge_lora, split_eval, to_records, training_config
 
 
 def test_multi_turn_data_without_a_chat_template_uses_the_plain_template(plain_tokenizer):
@@ -42,3 +43,33 @@ def test_eval_split_and_arguments():
         split_eval(records.select([0]), 0.99, seed=0)
     with pytest.raises(ConfigError, match="eval_size must be > 0"):
         SFTScriptArguments(eval_size=0)
+
+
+def test_a_merged_lora_adapter_computes_what_the_adapted_model_does(tmp_path, tiny_model_dir, tokenizer):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    # init_lora_weights=False: B is random, not 0, so the adapter changes the logits and the merge must keep that.
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                             LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
+    adapted.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "README.md").write_text("the card")
+    ids = tokenizer(["The quick brown fox jumps over the lazy dog."], return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                             tmp_path / "adapter").eval()(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(ids).logits
+    assert (expected - base).abs().max() > 1e-3
+    # recipes/sft.py's merge (the run's base model and tokenizer, the card copied) and load_student's (the base
+    # model the adapter names, its tokenizer) are the same merge.
+    model_args = types.SimpleNamespace(model_name_or_path=str(tiny_model_dir), model_revision=None, dtype="float32")
+    merged = merge_adapter(tmp_path / "adapter", model_args, types.SimpleNamespace(trust_remote_code=False),
+                           tokenizer)
+    assert merged == tmp_path / "adapter" / "merged" and (merged / "README.md").read_text() == "the card"
+    assert merge_lora(tmp_path / "adapter", tmp_path / "again") == tmp_path / "again"
+    for folder in (merged, tmp_path / "again"):
+        assert (folder / "tokenizer_config.json").is_file() and not (folder / "adapter_config.json").exists()
+        with torch.no_grad():
+            logits = AutoModelForCausalLM.from_pretrained(folder).eval()(ids).logits
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "again"]  # no temporary folder left

@@ -1,4 +1,5 @@
-"""``car-hf``: score a dataset, rank its generators, run the demo, publish. Thin: parses, calls the API, prints.
+"""``car-hf``: score a dataset, rank its generators, run the demo, publish; generate, trial and pilot teachers.
+Thin: parses, calls the API, prints.
 
     car-hf score DATA --base-model google/gemma-3-270m --reward-column judge_preference -o scored.parquet
     car-hf rank scored.parquet --beta 1.0 --output-dir leaderboard/
@@ -53,6 +54,14 @@ def _report(line: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pilot"]:  # TRL's options and --config YAML: a TrlParser of its own parses them
+        try:
+            return teachers.run_pilot_command(argv[1:])
+        except UsageError as error:
+            return _report(str(error))
+        except USER_ERRORS as error:
+            return _report(f"car-hf pilot: error: {error}")
     try:
         args = build_parser().parse_args(argv)
     except UsageError as error:

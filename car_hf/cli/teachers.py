@@ -1,8 +1,10 @@
-"""``car-hf generate | trial``: a teacher's responses for a dataset; a trial that ranks teachers while generating.
+"""``car-hf generate | trial | pilot``: a teacher's responses for a dataset; a trial that ranks teachers while
+generating; a pilot distillation that checks the choice on the student.
 
     car-hf generate instructions.jsonl --teacher HuggingFaceTB/SmolLM2-135M-Instruct --max-new-tokens 256 -o out/
     car-hf trial instructions.jsonl --teacher org/model-a --teacher org/model-b --base-model google/gemma-3-270m \\
         --reward-model car_hf.tasks:AnswerReward --output-dir trial/
+    car-hf pilot --config recipes/configs/pilot_tiny_cpu.yaml --dataset_name trial/scored --heldout_name heldout.jsonl
 
 Generation options are the fields of :class:`~car_hf.teacher.TeacherConfig` (defaults for every teacher of a
 trial); ``--teachers FILE`` (YAML or JSON: a list of TeacherConfig fields, one entry per teacher) gives each
@@ -26,7 +28,7 @@ from ..config import CARConfig
 from ..data import load_data, map_scores, ranking_markdown, save_data, write_ranking
 from ..errors import ConfigError
 from ..teacher import TeacherConfig
-from .common import add_deprecated_flags, add_map_arguments, config_from_args
+from .common import Parser, add_deprecated_flags, add_map_arguments, config_from_args
 
 
 def _teacher_defaults(args: argparse.Namespace, **changes: Any) -> TeacherConfig:
@@ -89,6 +91,23 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pilot_command(argv: list[str]) -> int:
+    """``car-hf pilot [--config pilot.yaml] [options]``: ``recipes/pilot.py`` on one machine, with the same options
+    (:func:`car_hf.pilot.pilot_parser`, a ``TrlParser``: ``car-hf pilot --help`` lists them all)."""
+    from trl import TrlParser
+
+    from ..pilot import pilot_from_arguments, pilot_parser
+
+    class PilotParser(TrlParser):
+        error = Parser.error  # one-line usage errors, like every car-hf command
+
+    parsed = pilot_parser(PilotParser, prog="car-hf pilot").parse_args_and_config(argv)
+    report = pilot_from_arguments(*parsed)
+    print(report.to_markdown())
+    print(f"wrote the report, its picture and card to {parsed[3].output_dir}")
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """The subcommands of this module, on ``car-hf``'s subparsers."""
     generate = commands.add_parser(
@@ -127,3 +146,9 @@ def add_commands(commands: Any) -> None:
     trial.add_argument("--output-dir", help="write the ranking folder (leaderboard, scored rows) car-hf push reads")
     add_map_arguments(trial)
     trial.set_defaults(handler=cmd_trial, batch_size=16)
+
+    # Listed here for `car-hf --help`; car_hf.cli.main hands its arguments to run_pilot_command unparsed (TRL's
+    # SFTConfig and ModelConfig options, a --config YAML).
+    commands.add_parser("pilot", add_help=False,
+                        help="fine-tune the student on each candidate teacher's answers and check CAR's prediction "
+                             "(recipes/pilot.py's options: car-hf pilot --help)")
