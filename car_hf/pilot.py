@@ -278,16 +278,17 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
     trained = ScoreCache(root, {"car_hf_version": __version__, "what": "pilot students",
                                 "student": model_fingerprint(student, revision=model_args.model_revision),
                                 "budget": training_budget})
-    evaluated = ScoreCache(root, {"car_hf_version": __version__, "what": "pilot evaluations",
-                                  "students": trained.digest, "heldout": content_digest(heldout),
-                                  "evaluation": evaluation.identity()})
+    evaluations = {"car_hf_version": __version__, "what": "pilot evaluations", "heldout": content_digest(heldout),
+                   "evaluation": evaluation.identity()}
+    evaluated = ScoreCache(root, evaluations | {"students": trained.digest})
+    untuned = ScoreCache(root, evaluations | {"student": trained.key["student"]})  # whatever the budget
     main = PartialState().is_main_process
     cost: dict[str, dict[str, Any]] = {}
 
     # 3. The untuned student first: the scorers run on real answers before any training.
     results: dict[str, StudentEvaluation] = {}
     if main:
-        results[BASELINE], cost[BASELINE] = _evaluate(evaluated, "eval-baseline", student, heldout, evaluation,
+        results[BASELINE], cost[BASELINE] = _evaluate(untuned, "eval-baseline", student, heldout, evaluation,
                                                       BASELINE)
     PartialState().wait_for_everyone()
     # 4. Each teacher and seed: train (unless cached), evaluate (unless cached).
