@@ -37,8 +37,9 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -302,11 +303,9 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
             if main:
                 by_seed.setdefault(teacher, {})[seed], spent = _evaluate(evaluated, f"eval-{part}", folder, heldout,
                                                                          evaluation, teacher)
-                so_far = cost.setdefault(teacher, {"train_seconds": 0.0, "eval_seconds": 0.0})
-                so_far["train_seconds"] += seconds or 0.0
-                so_far["eval_seconds"] += spent["eval_seconds"]
-                so_far["training_reused"] = so_far.get("training_reused", 0) + reused
-                so_far["evaluation_reused"] = so_far.get("evaluation_reused", 0) + spent["evaluation_reused"]
+                cost.setdefault(teacher, Counter()).update(  # summed over seeds
+                    {"train_seconds": seconds or 0.0, "eval_seconds": spent["eval_seconds"],
+                     "training_reused": int(reused), "evaluation_reused": int(spent["evaluation_reused"])})
     if not main:
         return None
     for teacher, evaluations in by_seed.items():
