@@ -8,7 +8,7 @@
   student, and the wall time of training and evaluation;
 * ``paired``: a paired bootstrap over held-out items of the per-item difference between the top two students;
 * ``spearman``: :func:`car_hf.ranking.spearman_table` of every signal (:data:`car_hf.ranking.BASELINES` and
-  −loss) against the realized performance, with ``rho_low``/``rho_high``: percentiles of ρ over bootstrap
+  the loss, lower better) against the realized performance, with ``rho_low``/``rho_high``: percentiles of ρ over bootstrap
   resamples of the held-out items (the same resample for every student; for ``lc_win_rate`` the resampled
   per-item values are the judge's verdicts, i.e. the raw win rate);
 * ``beta``: the β used and :func:`car_hf.ranking.fit_beta`'s β and ρ;
@@ -213,7 +213,7 @@ def build_report(table_: pd.DataFrame, chosen: Sequence[tuple[str, str]], result
               **paired_comparison(results[first].scores(measure), results[second].scores(measure), **boot)}
 
     measured = {t: realized[t]["mean"] for t in names}
-    signals = {**BASELINES, "base_loss": ("-Loss", -1)}
+    signals = {**BASELINES, "base_loss": ("Loss", -1)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # equal realized values: scipy warns and returns NaN, reported as such
         spearman = spearman_table(sub, measured, signals)
