@@ -4,6 +4,9 @@ CAR = r / (1 + beta * L) ranks response generators (teachers) for a student base
 reward r of their responses, discounted by the responses' mean loss L under the base model
 (Xu et al., 2024, arXiv 2411.07133).
 
+The names below are imported on first use (``import car_hf`` loads no torch, transformers or datasets, so
+``car-hf --help`` is instant); ``from car_hf import X`` works for each of them.
+
 Example:
     >>> from car_hf import CARConfig, add_car, rank_generators
     >>> scorer = add_car(config=CARConfig(reward_column="judge_preference", beta=1.0))
@@ -12,49 +15,61 @@ Example:
     [['a', 1], ['b', 2]]
 """
 
-from ._version import __version__
-from .adaptive import AdaptiveResult, rank_adaptive
-from .car import compatibility_adjusted_reward, transform_rewards
-from .config import DEFAULT_BASE_MODEL, CARConfig
-from .errors import ConfigError, GenerationError, HubAuthError, InputError, ModelLoadError, PublishError
-from .generate import add_responses
-from .formats import zoo_to_long
-from .loss import add_base_loss
-from .models import load_model
-from .ranking import BetaFit, fit_beta, rank_generators, spearman_table
-from .reward import DEFAULT_REWARD_MODEL, add_reward
-from .scoring import add_car
-from .selection import CARFilter, select_generator
-from .teacher import TeacherConfig
-from .trial import rank_teachers
+from __future__ import annotations
 
-__all__ = [
-    "AdaptiveResult",
-    "BetaFit",
-    "CARConfig",
-    "CARFilter",
-    "ConfigError",
-    "GenerationError",
-    "DEFAULT_BASE_MODEL",
-    "DEFAULT_REWARD_MODEL",
-    "HubAuthError",
-    "InputError",
-    "ModelLoadError",
-    "PublishError",
-    "TeacherConfig",
-    "__version__",
-    "add_base_loss",
-    "add_car",
-    "add_responses",
-    "add_reward",
-    "compatibility_adjusted_reward",
-    "fit_beta",
-    "load_model",
-    "rank_adaptive",
-    "rank_generators",
-    "rank_teachers",
-    "select_generator",
-    "spearman_table",
-    "transform_rewards",
-    "zoo_to_long",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ imports each name on first use
+    from .adaptive import AdaptiveResult, rank_adaptive
+    from .car import compatibility_adjusted_reward, transform_rewards
+    from .config import DEFAULT_BASE_MODEL, CARConfig
+    from .errors import ConfigError, GenerationError, HubAuthError, InputError, ModelLoadError, PublishError
+    from .evaluation import evaluate_student
+    from .formats import zoo_to_long
+    from .generate import add_responses
+    from .loss import add_base_loss
+    from .models import load_model
+    from .ranking import BetaFit, fit_beta, rank_generators, spearman_table
+    from .reward import DEFAULT_REWARD_MODEL, add_reward
+    from .scoring import add_car
+    from .selection import CARFilter, select_generator
+    from .teacher import TeacherConfig
+    from .trial import rank_teachers
+
+# Public name → the submodule defining it (the TYPE_CHECKING block above, as data).
+_EXPORTS = {
+    "AdaptiveResult": "adaptive", "rank_adaptive": "adaptive",
+    "compatibility_adjusted_reward": "car", "transform_rewards": "car",
+    "DEFAULT_BASE_MODEL": "config", "CARConfig": "config",
+    "ConfigError": "errors", "GenerationError": "errors", "HubAuthError": "errors", "InputError": "errors",
+    "ModelLoadError": "errors", "PublishError": "errors",
+    "evaluate_student": "evaluation",
+    "zoo_to_long": "formats",
+    "add_responses": "generate",
+    "add_base_loss": "loss",
+    "load_model": "models",
+    "BetaFit": "ranking", "fit_beta": "ranking", "rank_generators": "ranking", "spearman_table": "ranking",
+    "DEFAULT_REWARD_MODEL": "reward", "add_reward": "reward",
+    "add_car": "scoring",
+    "CARFilter": "selection", "select_generator": "selection",
+    "TeacherConfig": "teacher",
+    "rank_teachers": "trial",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    """``car_hf.X``: imports X's submodule on first use and keeps X as a module attribute (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'car_hf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .cache import ScoreCache, scoring_key
+from .cache import ScoreCache, rows_digest, scoring_key
 from .data import map_scores
 from .ranking import bootstrap_car, rank_generators
 from .stopping import (
@@ -176,9 +176,10 @@ def rank_adaptive(
         if instruction_column is None:
             raise KeyError(f"rank_adaptive pairs rows by instruction: pass instruction_column=; columns: "
                            f"{dataset.column_names}")
-    for column in (instruction_column, by):
-        if column not in dataset.column_names:
-            raise KeyError(f"column {column!r} is missing; the dataset has columns {dataset.column_names}")
+    from .inputs import need_column
+
+    need_column(instruction_column, dataset.column_names, "instruction_column: pairs rows across generators")
+    need_column(by, dataset.column_names, "by: the generator of each row")
     if config is None and hasattr(scorer, "scoring_config"):
         config = scorer.scoring_config()
 
@@ -200,15 +201,21 @@ def rank_adaptive(
     parts: list[tuple[Any, list[int]]] = []
     history: list[dict[str, Any]] = []
     store = None
+
+    def round_inputs(meta: dict[str, Any]) -> str:
+        """What a round is computed from: the dataset's rows it names, positions and values."""
+        return rows_digest(dataset.select(meta["rows"]), meta["rows"])
+
     if checkpoint is not None:
         # The score cache: a rerun with the same data, scorer, order and car_hf version resumes; any change starts
         # a new key beside the old one.
         store = ScoreCache(checkpoint, scoring_key(scorer, dataset, instruction_column=instruction_column, by=by,
                                                    order_seed=seed, adaptive="rounds"))
-        for name in store.names("round-"):
-            data, meta = store.load(name)
-            parts.append((data, meta["rows"]))
-            history.append(meta["history"])
+        # Rounds in sequence, each verified against the rows it names: resuming stops at the first one missing or
+        # not verifying (a warning names it), and the rounds from there are scored again.
+        while (loaded := store.load(f"round-{len(parts) + 1:05d}", inputs=round_inputs)) is not None:
+            parts.append((loaded[0], loaded[1]["rows"]))
+            history.append(loaded[1]["history"])
     done_rows = {r for _, rows in parts for r in rows}
     done = 0
     while done < len(order) and all(r in done_rows for r in rows_of[order[done]]):
@@ -250,7 +257,8 @@ def rank_adaptive(
                  "stop": decision.stop}
         history.append(entry)
         if store is not None:
-            store.save(f"round-{len(parts):05d}", new, meta={"rows": rows, "history": entry})
+            store.save(f"round-{len(parts):05d}", new, meta={"rows": rows, "history": entry},
+                       inputs=round_inputs({"rows": rows}))
         logger.info("round %d: %d rows, leader %s, p_top %.4f, %s", len(parts), entry["n_scored"], decision.leader,
                     decision.p_top, "stop" if decision.stop else decision.note)
     if decision is None:

@@ -15,26 +15,26 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from .config import LOSS_DEFINITION, POINTWISE_TRANSFORMS, REWARD_TRANSFORMS
+from .errors import InputError
 
-__all__ = ["LOSS_DEFINITION", "POINTWISE_TRANSFORMS", "REWARD_TRANSFORMS", "check_rewards",
-           "compatibility_adjusted_reward", "example_car", "transform_rewards"]
+__all__ = ["LOSS_DEFINITION", "POINTWISE_TRANSFORMS", "REWARD_TRANSFORMS", "compatibility_adjusted_reward",
+           "example_car", "transform_rewards"]
 
 
 def _raise_negative(rewards: np.ndarray, names: Sequence[Any] | None, column: str) -> None:
     bad = np.flatnonzero(np.isfinite(rewards) & (rewards < 0))
     if bad.size:
         where = [names[i] if names is not None else int(i) for i in bad[:5]]
-        raise ValueError(
-            f"{bad.size} negative value(s) in column {column!r} (rows {where}{', ...' if bad.size > 5 else ''}): "
+        raise InputError(
+            f"column {column!r} has {bad.size} negative reward(s) (rows {where}{', ...' if bad.size > 5 else ''}): "
             "with a negative reward, r / (1 + beta * loss) grows with the loss, so CAR would favour "
-            "incompatible responses. Choose a reward transform: reward_transform='sigmoid' (Bradley-Terry "
-            "rewards to (0, 1)), 'minmax' (rescale the pool to [0, 1]) or 'shift' (subtract the pool minimum)."
+            "incompatible responses. Set reward_transform to sigmoid (Bradley-Terry rewards to (0, 1)), "
+            "minmax (rescale the pool to [0, 1]) or shift (subtract the pool minimum)."
         )
 
 
@@ -102,17 +102,3 @@ def compatibility_adjusted_reward(rewards: Sequence[float], losses: Sequence[flo
     if mean_r < 0:
         raise ValueError(f"the mean reward is {mean_r:.4g} < 0: CAR needs rewards >= 0 (see transform_rewards)")
     return float(mean_r / (1.0 + beta * loss[keep].mean()))
-
-def check_rewards(values: Sequence[Any], names: Sequence[Any], column: str) -> list[float]:
-    """Rewards read from a column: None/NaN → NaN (CAR NaN, counted later); inf or text → error."""
-    out = []
-    for value, row in zip(values, names):
-        if value is None:
-            out.append(math.nan)
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"row {row}, column {column!r}: a reward must be a number, got {value!r:.40}")
-        if math.isinf(value):
-            raise ValueError(f"row {row}, column {column!r}: the reward is infinite")
-        out.append(float(value))
-    return out

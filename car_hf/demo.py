@@ -29,12 +29,11 @@ from typing import Any, Sequence
 import datasets
 
 from .adaptive import AdaptiveResult, rank_adaptive
-from .config import CARConfig
+from .config import DEMO_MAX_LENGTH, CARConfig
 from .data import write_ranking
 from .scoring import CARScorer
 
 ZOO_FILE = Path("alpaca_eval_zoo") / "zoo.jsonl.gz"
-DEMO_MAX_LENGTH = 512  # token cap per example: AlpacaEval answers are short; keeps the demo under 10 minutes on CPU
 HUB_REPO = "tatsu-lab/alpaca_eval"
 HUB_OUTPUTS = "alpaca_eval_all_outputs.json"
 HUB_ANNOTATIONS = "alpaca_eval_annotations_alpaca_eval_gpt4.json"

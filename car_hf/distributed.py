@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import ScoreCache
+from .cache import ScoreCache, rows_digest
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def run_chunks(state: Any, dataset: Any, transform: Any, output_dir: str | os.Pa
                             batch_size=batch_size)
     write_json_atomic(Path(output_dir) / f"progress-{rank:05d}-of-{world:05d}.json", progress.to_dict())
     state.wait_for_everyone()
-    return gather_chunks(cache, len(dataset), chunk_rows) if state.is_main_process else None
+    return gather_chunks(cache, len(dataset), chunk_rows, dataset) if state.is_main_process else None
 
 
 def chunk_bounds(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
@@ -132,13 +132,14 @@ def score_chunks(
     started = time.perf_counter()
     for chunk in progress.chunks:
         name = chunk_name(chunk, len(bounds))
-        if cache.has(name):
+        lo, hi = bounds[chunk]
+        inputs = chunk_inputs(dataset, lo, hi)
+        if cache.load(name, inputs=inputs) is not None:  # a chunk that does not verify is computed again
             progress.skipped.append(chunk)
             continue
-        lo, hi = bounds[chunk]
         scored = map_scores(dataset.select(range(lo, hi)), scorer, rows=range(lo, hi), batch_size=batch_size,
                             desc=f"chunk {chunk} (rows {lo}-{hi - 1})")
-        cache.save(name, scored, meta={"rows": [lo, hi]})
+        cache.save(name, scored, meta={"rows": [lo, hi]}, inputs=inputs)
         progress.scored.append(chunk)
         logger.info("chunk %d (rows %d-%d) of %d scored and saved", chunk, lo, hi - 1, len(bounds))
         if fail_after is not None and len(progress.scored) >= fail_after:
@@ -151,18 +152,24 @@ def score_chunks(
     return progress
 
 
-def gather_chunks(cache: ScoreCache, n_rows: int, chunk_rows: int) -> Any:
-    """Every chunk from the cache, in row order, checked to hold exactly its rows."""
+def chunk_inputs(dataset: Any, lo: int, hi: int) -> str:
+    """What chunk ``[lo, hi)`` is computed from: those rows of ``dataset``, positions and values."""
+    return rows_digest(dataset.select(range(lo, hi)), range(lo, hi))
+
+
+def gather_chunks(cache: ScoreCache, n_rows: int, chunk_rows: int, dataset: Any = None) -> Any:
+    """Every chunk from the cache, in row order, checked to hold exactly its rows (and, given the ``dataset`` they
+    were computed from, to verify against its rows): a chunk that does not verify is a ``CacheError`` naming it."""
     import datasets
 
     bounds = chunk_bounds(n_rows, chunk_rows)
     parts = []
     for chunk, (lo, hi) in enumerate(bounds):
-        loaded = cache.load(chunk_name(chunk, len(bounds)))
-        if loaded is None:
+        name = chunk_name(chunk, len(bounds))
+        if not cache.has(name):
             raise RuntimeError(f"chunk {chunk} (rows {lo}-{hi - 1}) is missing from {cache.folder}: a process did "
                                "not finish; rerun the same command to score what is missing")
-        part, meta = loaded
+        part, meta = cache.require(name, inputs=chunk_inputs(dataset, lo, hi) if dataset is not None else None)
         if len(part) != hi - lo or meta.get("rows") != [lo, hi]:
             raise RuntimeError(f"chunk {chunk} in {cache.folder} holds {len(part)} rows {meta.get('rows')}, expected "
                                f"rows [{lo}, {hi}); delete that folder and rerun")

@@ -27,6 +27,10 @@ class ModelLoadError(OSError):
     """A model cannot be loaded (no such Hub id or folder, or no network); the message says what to do."""
 
 
+class CacheError(ValueError):
+    """A cache part cannot be used and the caller cannot compute it; the message names its folder and what to do."""
+
+
 class PublishError(RuntimeError):
     """An upload to the Hub failed; the message names the step and where the local files are."""
 
@@ -46,4 +50,5 @@ class GenerationError(RuntimeError):
         self.partial = partial or {}
 
 
-__all__ = ["ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError", "PublishError"]
+__all__ = ["CacheError", "ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError",
+           "PublishError"]

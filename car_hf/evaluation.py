@@ -12,6 +12,12 @@ into its base), and scores every answer with any of three scorers (:class:`Evalu
   ``judge_win`` (1: the student's answer preferred, 0: the reference's, NaN: the verdict was unreadable). The
   student's answer is shown first or second at random (seeded) to cancel the judge's position bias.
 
+An empty answer is a wrong one: it scores 0 under every scorer (the metric, a reward model or function, the
+judge), never NaN, so a student that answers nothing is not scored as if those items did not exist; the summary
+counts them (``n_empty``). Answers are generated in length-sorted calls of ``batch_rows`` held-out rows, with a
+progress bar per call; the transformers engine drops each row from its batch as soon as it ends its turn
+(:mod:`car_hf.engines.decoding`).
+
 The summary gives, per measure, the mean over items and a percentile-bootstrap interval over items:
 ``reward``, ``accuracy``, ``win_rate`` and ``lc_win_rate``. The length-controlled win rate is a simplified
 AlpacaEval-2 LC: a logistic regression ``P(win) = sigmoid(b0 + b1 * tanh(d / sd(d)))`` of the judge's verdict on
@@ -33,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -101,6 +108,7 @@ class EvaluationConfig:
     n_bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    batch_rows: int = 16  # held-out rows per generation call (transformers engine): the unit of progress
 
     def measures(self) -> list[str]:
         """The summary measures these scorers give, the first being the default one to rank students by."""
@@ -121,13 +129,23 @@ class EvaluationConfig:
                                  f"{'metric' if needed is self.metric else 'judge'} needs); it has {columns}")
 
     def identity(self) -> dict[str, Any]:
-        """What evaluation results depend on, for :mod:`car_hf.cache` keys."""
+        """What evaluation results depend on, for :mod:`car_hf.cache` keys: a reward function by a hash of its
+        source (:meth:`car_hf.reward.RewardFunctionScorer.cache_identity`), so editing a grader re-evaluates; a
+        reward model by its fingerprint."""
         extractor = self.extractor if isinstance(self.extractor, (str, type(None))) else \
             f"{self.extractor.__module__}.{self.extractor.__qualname__}"
-        return {"generation": self.generation.cache_key(), "reward": str(self.reward), "metric": self.metric,
+        return {"generation": self.generation.cache_key(), "reward": self._reward_identity(), "metric": self.metric,
                 "answer_column": self.answer_column, "metric_key": self.metric_key, "extractor": extractor,
                 "judge": vars(self.judge) if self.judge else None, "n_bootstrap": self.n_bootstrap,
                 "confidence": self.confidence, "seed": self.seed}
+
+    def _reward_identity(self) -> Any:
+        if self.reward is None:
+            return None
+        from .cache import scorer_identity
+        from .reward import add_reward
+
+        return scorer_identity(add_reward(self.reward))
 
 
 @dataclass
@@ -149,6 +167,8 @@ class EvaluationArguments:
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of held-out items (0: none)."})
     confidence: float = field(default=0.95, metadata={"help": "Level of the intervals."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and of the judge's order."})
+    batch_rows: int = field(default=16, metadata={"help": "Held-out rows per generation call (transformers engine), "
+                                                          "length-sorted: the unit of progress."})
 
     def config(self, generation: TeacherConfig) -> EvaluationConfig:
         if bool(self.judge_base_url) != bool(self.judge_model):
@@ -158,7 +178,7 @@ class EvaluationArguments:
         metric = ANSWER_MATCH if self.metric == "answer_match" else self.metric
         extractor = None if self.extractor in (None, "none") else self.extractor
         return EvaluationConfig(generation, self.reward, metric, self.answer_column, self.metric_key, extractor,
-                                judge, self.n_bootstrap, self.confidence, self.eval_seed)
+                                judge, self.n_bootstrap, self.confidence, self.eval_seed, self.batch_rows)
 
 
 @dataclass
@@ -261,26 +281,32 @@ def judge_wins(judge: JudgeConfig, instructions: Sequence[Any], answers: Sequenc
 
 
 # ------------------------------------------------------------------------------------------------ the student
-def load_student(model: Any) -> Any:
-    """A LoRA adapter folder as the folder of its merged model (``<adapter>/merged``, written once, as
-    ``recipes/sft.py --merge_adapter`` writes it); anything else as given.
+def load_student(model: Any, dtype: str | None = None) -> Any:
+    """A LoRA adapter folder as the folder of its merged model (``<adapter>/merged``, as ``recipes/sft.py
+    --merge_adapter`` writes it); anything else as given.
 
-    A folder rather than a loaded model: every engine (vLLM too) can run it, and nothing stays in memory after."""
+    ``dtype``: the dtype the base is loaded in before merging (the training dtype: a bf16 Hub base tuned in fp32
+    must not be rounded to bf16 before an fp32 evaluation); None or ``"auto"``: the checkpoint's own. A merged
+    folder of another dtype is merged again. A folder rather than a loaded model: every engine (vLLM too) can run
+    it, and nothing stays in memory after."""
     folder = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if folder is None or not (folder / "adapter_config.json").is_file():
         return model
     merged = folder / "merged"
-    if not (merged / "config.json").is_file():
+    wanted = None if dtype in (None, "auto") else str(dtype).removeprefix("torch.")
+    saved = json.loads((merged / "config.json").read_text()) if (merged / "config.json").is_file() else None
+    if saved is None or (wanted is not None and saved.get("dtype", saved.get("torch_dtype")) != wanted):
         from .training import merge_lora
 
-        merge_lora(folder, merged)
+        merge_lora(folder, merged, **({"dtype": wanted} if wanted else {}))
     return str(merged)
 
 
 def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None = None, *,
-                     name: str | None = None) -> StudentEvaluation:
+                     name: str | None = None, merge_dtype: str | None = None) -> StudentEvaluation:
     """Generate ``model``'s answers to ``heldout`` (a Dataset with an instruction/prompt/messages column) and score
-    them with ``config``'s scorers.
+    them with ``config``'s scorers (an empty answer scores 0; see the module docstring). ``merge_dtype``: the
+    dtype a LoRA adapter's base is merged in (:func:`load_student`).
 
     Example (needs a model; see tests/test_evaluation.py):
         >>> from car_hf.tasks import ANSWER_MATCH, make_tasks
@@ -289,6 +315,7 @@ def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None =
         >>> result.summary["accuracy"]  # doctest: +SKIP
         {'mean': 0.35, 'low': 0.15, 'high': 0.55, 'n': 20}
     """
+    from .formats import is_empty
     from .generate import add_responses, clear_engine_cache
     from .models import clear_model_cache
 
@@ -297,13 +324,14 @@ def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None =
     name = name or (str(model) if isinstance(model, (str, os.PathLike)) else "student")
     generation = dataclasses.replace(config.generation, generation_column="response", teacher_name=name)
     try:
-        answered = heldout.map(add_responses(load_student(model), config=generation), batched=True,
-                               with_indices=True, desc=f"answers of {name}")
+        answered = _answer(add_responses(load_student(model, merge_dtype), config=generation), heldout,
+                           config.batch_rows, name)
     finally:
         clear_engine_cache()  # students are evaluated one after another: free this one's engine (and GPUs)
         clear_model_cache()
     items = answered.select_columns([c for c in answered.column_names if not c.endswith("_provenance")]).to_pandas()
     texts = items["response"].fillna("").tolist()
+    empty = np.array([is_empty(t) for t in texts], dtype=bool)
     if config.metric:
         items["correct"] = metric_scores(texts, items[config.answer_column], config.metric, config.extractor,
                                          config.metric_key)
@@ -318,7 +346,40 @@ def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None =
         items["judge_win"] = judge_wins(config.judge, answered[_prompt_column(answered)], texts, references,
                                         config.seed)
         items["length_difference"] = [len(s) - len(r) for s, r in zip(texts, references)]
+    for column in ("correct", "reward", "judge_win"):  # an empty answer is wrong: 0, not an item left out
+        if column in items.columns:
+            items.loc[empty, column] = 0.0
+    items["empty_answer"] = empty
     return StudentEvaluation(name, items, summarize(items, config))
+
+
+def _answer(generator: Any, heldout: Any, batch_rows: int, name: str) -> Any:
+    """``heldout`` with the generator's columns: rows sorted by prompt length and generated ``batch_rows`` at a
+    time (one call for vllm and openai, whose own schedulers take every row), one progress step per call."""
+    from datasets.utils.tqdm import tqdm
+
+    from .generate import input_column
+
+    column = input_column(heldout.column_names, generator.config)
+    prompts = list(heldout[column])
+    # Similar lengths share a batch, so short prompts are not padded to a long one's length.
+    order = sorted(range(len(prompts)), key=lambda i: len(json.dumps(prompts[i])))
+    step = batch_rows if generator.config.engine == "transformers" else len(order)
+    if step < 1:
+        raise ConfigError(f"batch_rows must be >= 1, got {batch_rows}")
+    added: dict[str, list[Any]] = {}
+    with tqdm(total=len(order), desc=f"answers of {name}", unit="answer", mininterval=0) as bar:  # a step a batch
+        for start in range(0, len(order), step):
+            rows = order[start:start + step]
+            for key, values in generator(heldout[rows], rows).items():
+                added.setdefault(key, [None] * len(order))
+                for i, value in zip(rows, values):
+                    added[key][i] = value
+            bar.update(len(rows))
+    for key, values in added.items():
+        heldout = heldout.remove_columns(key) if key in heldout.column_names else heldout
+        heldout = heldout.add_column(key, values)
+    return heldout
 
 
 def _prompt_column(ds: Any) -> str:
@@ -330,7 +391,9 @@ def _prompt_column(ds: Any) -> str:
 def summarize(items: pd.DataFrame, config: EvaluationConfig) -> dict[str, dict[str, Any]]:
     """Per measure: the mean over items with its bootstrap interval (see the module docstring)."""
     boot = {"n_bootstrap": config.n_bootstrap, "confidence": config.confidence, "seed": config.seed}
-    summary = {m: bootstrap_interval(items[c], **boot) for m, c in MEASURES.items() if c in items.columns}
+    n_empty = int(items["empty_answer"].sum()) if "empty_answer" in items.columns else 0
+    summary = {m: bootstrap_interval(items[c], **boot) | {"n_empty": n_empty} for m, c in MEASURES.items()
+               if c in items.columns}
     if "judge_win" in items.columns:
         summary["lc_win_rate"] = lc_summary(items["judge_win"].to_numpy(float),
                                             items["length_difference"].to_numpy(float), **boot)

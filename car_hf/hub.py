@@ -52,7 +52,7 @@ from datasets.arrow_writer import get_writer_batch_size_from_data_size, get_writ
 from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, HFValidationError, filter_repo_objects, validate_repo_id
 
 from .cards import (  # re-exported: car_hf.hub was where the cards lived
     CARD_BEGIN,
@@ -66,7 +66,7 @@ from .cards import (  # re-exported: car_hf.hub was where the cards lived
     model_card,
     write_model_card,
 )
-from .errors import HubAuthError, PublishError
+from .errors import ConfigError, HubAuthError, PublishError
 
 __all__ = [
     "CARD_BEGIN",
@@ -259,6 +259,26 @@ def _commit_folder(api: HfApi, folder: Path, repo_id: str, repo_type: str, *, re
     return info.commit_url
 
 
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if the Hub would take it (``huggingface_hub``'s own rule: ``name`` or ``namespace/name``,
+    letters, digits, ``-``, ``_``, ``.``); else a ConfigError saying why. Checked before anything is written,
+    so a dry run refuses what the real push would.
+
+    Example:
+        >>> check_repo_id("me/alpaca-car")
+        'me/alpaca-car'
+        >>> check_repo_id("me/alpaca car")
+        Traceback (most recent call last):
+        ...
+        car_hf.errors.ConfigError: repo_id 'me/alpaca car' is not a Hub repo id: Repo id must use alphanumeric chars, '-', '_' or '.'. The name cannot start or end with '-' or '.' and the maximum length is 96: 'me/alpaca car'.
+    """
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ConfigError(f"repo_id {repo_id!r} is not a Hub repo id: {error}") from None
+    return repo_id
+
+
 def push_dataset(
     dataset: Dataset | DatasetDict,
     repo_id: str,
@@ -290,6 +310,7 @@ def push_dataset(
         >>> push_dataset(scored, "me/alpaca-car", leaderboard=table, dry_run="out/")  # doctest: +SKIP
         PosixPath('out')
     """
+    check_repo_id(repo_id)
     if dry_run is not None:
         return write_dataset_folder(dataset, dry_run, leaderboard=leaderboard, scoring_config=scoring_config,
                                     plot=plot, max_shard_size=max_shard_size, repo_id=repo_id, **card_kwargs)
@@ -345,6 +366,7 @@ def push_model(
         ...            dataset_repo="me/alpaca-car", selection_summary={"rows_kept": 800, "rows_total": 2000},
         ...            hyperparameters={"learning_rate": 2e-5})  # doctest: +SKIP
     """
+    check_repo_id(repo_id)
     folder = Path(folder)
     write_model_card(folder, base_model=base_model, dataset_repo=dataset_repo, selection=selection_summary,
                      hyperparameters=hyperparameters, scoring=scoring, license=license, repo_id=repo_id)

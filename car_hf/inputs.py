@@ -5,6 +5,12 @@ scoring) wastes that hour. These checks run first and raise :class:`~car_hf.erro
 option is wrong) or :class:`~car_hf.errors.InputError` (the data does not fit), naming the option or
 the column and what is there instead.
 
+The bad-input policy for numbers (README, "Bad input: policies") lives in one function,
+:func:`check_numbers`, which every place a reward, loss or rank enters calls: scoring (``add_car``'s
+reward column, reward functions), ``rank_generators``, the stopping rule, selection and the pilot.
+None/NaN is "no value" (NaN: left out of means, counted as ``n`` vs ``n_scored``); text (even ``"0.6"``),
+booleans and ±inf are an :class:`~car_hf.errors.InputError` naming the row and the column.
+
 Example:
     >>> from datasets import Dataset
     >>> ds = Dataset.from_dict({"instruction": ["Hi?"], "output": ["Hello."], "judge_preference": [0.7]})
@@ -18,11 +24,16 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from .car import transform_rewards
 from .config import CARConfig
 from .data import FILE_BUILDERS, load_data
 from .errors import ConfigError, InputError
@@ -72,8 +83,58 @@ def check_config_sources(config: CARConfig) -> None:
 
 
 def need_column(column: str, columns: Sequence[str], role: str) -> None:
+    """InputError unless ``column`` is among ``columns``: it names the column, its ``role`` and the columns there."""
     if column not in columns:
         raise InputError(f"column {column!r} ({role}) is missing; the dataset has columns {list(columns)}")
+
+
+def check_numbers(values: Any, column: str, *, names: Sequence[Any] | None = None, kind: str = "reward") -> np.ndarray:
+    """``values`` (a list, array or Series) as float64 under the bad-input policy, or an InputError.
+
+    None, NaN and pandas' NA become NaN (no value: rankings leave the row out of the means and count it).
+    Anything else that is not a real number — text (``"good"``, even ``"0.6"``: a column of numbers stored
+    as text is a data error worth seeing), a bool, a list — and ±inf raise :class:`InputError` naming the
+    first such row (``names[i]``, default its position), the column, and how many rows share the problem.
+    ``kind`` names the value in the message ("reward", "loss", "rank").
+
+    Example:
+        >>> check_numbers([0.5, None, 2], "judge").tolist()
+        [0.5, nan, 2.0]
+        >>> check_numbers([0.5, "good", "bad"], "judge", names=[10, 11, 12])
+        Traceback (most recent call last):
+        ...
+        car_hf.errors.InputError: row 11, column 'judge': a reward must be a number, got 'good' (2 rows are not numbers: 11, 12)
+    """
+    if isinstance(values, pd.Series) and pd.api.types.is_numeric_dtype(values) \
+            and not pd.api.types.is_bool_dtype(values):
+        out = values.to_numpy(dtype=float, na_value=np.nan)  # nullable Int64/Float64 too
+    elif isinstance(values, (np.ndarray, pd.Series)) and np.asarray(values).dtype.kind in "fiu":
+        out = np.asarray(values, dtype=float)
+    else:  # objects, text, bools, or a list (which numpy would turn into text [0.5, "x"] or numbers [True, 0.5])
+        items = values.tolist() if isinstance(values, (np.ndarray, pd.Series)) else list(values)
+        out = np.full(len(items), np.nan)
+        bad = []
+        for i, value in enumerate(items):
+            if value is None or value is pd.NA:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                bad.append(i)
+            else:
+                out[i] = float(value)
+        if bad:
+            _refuse(bad, names, column, f"a {kind} must be a number, got {items[bad[0]]!r:.40}", "are not numbers")
+    infinite = np.flatnonzero(np.isinf(out)).tolist()
+    if infinite:
+        _refuse(infinite, names, column, f"the {kind} is infinite ({out[infinite[0]]})", "are infinite")
+    return out
+
+
+def _refuse(positions: list[int], names: Sequence[Any] | None, column: str, problem: str, many: str) -> None:
+    """The InputError of :func:`check_numbers`: the first bad row and column, and how many rows share it."""
+    names = names.tolist() if hasattr(names, "tolist") else names  # an Index's numpy ints print as plain ints
+    label = [names[i] for i in positions[:5]] if names is not None else positions[:5]
+    more = f" ({len(positions)} rows {many}: {', '.join(map(str, label))}{', ...' if len(positions) > 5 else ''})"
+    raise InputError(f"row {label[0]}, column {column!r}: {problem}{more if len(positions) > 1 else ''}")
 
 
 def load_job_data(
@@ -108,24 +169,13 @@ def load_job_data(
     return ds
 
 
-def check_reward_values(ds: Any, column: str, transform: str, option: str = "reward_transform") -> None:
-    """Rewards must be numbers; with the ``"raise"`` transform none may be negative. Reads one Arrow column."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    values = ds.data.column(column)
-    if pa.types.is_null(values.type):
-        return
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise InputError(f"column {column!r} must hold numbers (rewards), but its type is {values.type}")
-    if transform != "raise":
-        return
-    negative = pc.sum(pc.less(values, 0)).as_py() or 0
-    if negative:
-        raise InputError(
-            f"column {column!r} has {negative} negative reward(s): CAR = reward / (1 + beta * loss) then favours "
-            f"incompatible responses. Set {option} to sigmoid (Bradley-Terry rewards), minmax or shift"
-        )
+def check_reward_values(ds: Any, column: str, transform: str) -> np.ndarray:
+    """The rewards of one column of ``ds`` under :func:`check_numbers`; with the ``"raise"`` transform none may be
+    negative (:func:`~car_hf.car.transform_rewards` names the rows). Reads that one column only."""
+    values = check_numbers(ds.select_columns([column]).to_pandas()[column], column)
+    if transform == "raise":
+        transform_rewards(values, "raise", column=column)
+    return values
 
 
 def check_layout(ds: Any, config: CARConfig) -> Layout:
@@ -149,8 +199,14 @@ def check_reward_column(ds: Any, config: CARConfig, *, scored: bool = False) -> 
     return column
 
 
-def check_scoring_inputs(ds: Any, config: CARConfig) -> Layout:
-    """The layout of ``ds`` under ``config``, its reward column (when no reward model scores) and its values."""
+def check_scoring_inputs(ds: Any, config: CARConfig, *, fallback_reward_model: bool = False) -> Layout:
+    """The layout of ``ds`` under ``config``, its reward column (when no reward model scores) and its values.
+
+    ``fallback_reward_model``: the CLI's default (``add_car``'s bare use): with neither ``reward_column`` nor a
+    ``reward`` column, the default reward model scores, so no column is needed.
+    """
     layout = check_layout(ds, config)
+    if fallback_reward_model and not config.reward_column and "reward" not in ds.column_names:
+        return layout
     check_reward_column(ds, config)
     return layout

@@ -28,7 +28,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .batching import model_batches
+from .batching import model_batches, to_device
+from .errors import ConfigError
 from .formats import Example, Rendered
 from .transform import ModelTransform
 
@@ -92,16 +93,37 @@ def _target_logits(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> t
         logits += head.bias[targets].float()
     return _softcap(model, logits.to(head.weight.dtype)).float()
 
+def head_tolerance(dtype: torch.dtype) -> float:
+    """How far :func:`_check_head` lets the tiles' logits be from the model's own, relative and absolute: one unit in
+    the last place at 1.0 of the head's dtype (bfloat16 2^-7 = 7.8e-3, float16 2^-10 = 9.8e-4), since the two come
+    from GEMMs of different shapes whose results may round to neighbouring values; 1e-5 in float32 (summation order).
+    A missed post-processing (a softcap, a logit scale) moves logits by far more.
+
+    Example:
+        >>> head_tolerance(torch.bfloat16), head_tolerance(torch.float16), head_tolerance(torch.float32)
+        (0.0078125, 0.0009765625, 1e-05)
+    """
+    return max(torch.finfo(dtype).eps, 1e-5)
+
+
 def _check_head(model: Any, device: torch.device) -> None:
-    """Fail fast if this architecture post-processes logits in a way :func:`_logit_tiles` misses."""
+    """Fail fast if this architecture post-processes logits in a way :func:`_logit_tiles` misses, or if its logits
+    are not finite in this dtype (float16 overflows in some families: see :func:`car_hf.devices.fp16_unstable`)."""
     if id(model) in _HEAD_CHECKED:
         return
-    vocab = model.get_output_embeddings().weight.shape[0]
+    head = model.get_output_embeddings().weight
+    vocab = head.shape[0]
     ids = torch.arange(1, 9, device=device).remainder(vocab).unsqueeze(0)
     reference = model(input_ids=ids, use_cache=False).logits[0].float()
+    if not torch.isfinite(reference).all():
+        raise ConfigError(
+            f"{type(model).__name__}'s own logits are not finite in {str(head.dtype).removeprefix('torch.')} (an "
+            "overflow): load it in bfloat16 or float32 (dtype='bfloat16' on GPUs that have it, else 'float32')"
+        )
     hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
     ours = torch.cat([tile for _, tile in _logit_tiles(model, hidden, block=vocab // 3 + 1)], dim=1)
-    if ours.shape != reference.shape or not torch.allclose(ours, reference, rtol=1e-3, atol=1e-3):
+    tolerance = head_tolerance(head.dtype)
+    if ours.shape != reference.shape or not torch.allclose(ours, reference, rtol=tolerance, atol=tolerance):
         raise NotImplementedError(
             f"{type(model).__name__} transforms its logits in a way car_hf does not reproduce; "
             "please open an issue with the model id"
@@ -110,11 +132,19 @@ def _check_head(model: Any, device: torch.device) -> None:
 
 
 def _head_scores(
-    model: Any, hidden: torch.Tensor, targets: torch.Tensor, block: int, buffer: torch.Tensor | None = None
+    model: Any, hidden: torch.Tensor, targets: torch.Tensor, block: int, buffer: torch.Tensor | None = None,
+    selective: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: ``-log softmax(head(hidden))[targets]`` (float64), by an online log-sum-exp over vocabulary tiles,
     and the target's rank (int64, 1 + logits strictly above the target's, clipped at :data:`RANK_CLIP`).
+
+    ``selective`` (default: on CPU) compares only the rows that can have a logit above their target in a tile, which
+    costs a host sync per tile (the rows are picked by ``nonzero``): free on a CPU, where it saves ~20% of the head
+    (bench/RSR.md), but a stall of the whole queue on a GPU, where every row is compared instead (no sync; the
+    comparison is a memory pass beside the tile's GEMM). Both count the same logits.
     """
+    if selective is None:
+        selective = hidden.device.type == "cpu"
     rows = hidden.shape[0]
     peak = torch.full((rows,), -math.inf, dtype=torch.float32, device=hidden.device)
     total = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
@@ -132,8 +162,11 @@ def _head_scores(
         # target in this tile and not yet at the clip are compared: a well-predicted token has none, so this costs
         # a few percent of the tile instead of a full pass (bench/RSR.md: a full pass added ~25% to the head).
         threshold = picked if ahead is None else torch.where(inside, picked, ahead)
-        counted = ((tile_max > threshold) & (higher < RANK_CLIP - 1)).nonzero()[:, 0]  # one host sync per tile
-        higher.index_add_(0, counted, (tile[counted] > threshold[counted, None]).sum(1))
+        if selective:
+            counted = ((tile_max > threshold) & (higher < RANK_CLIP - 1)).nonzero()[:, 0]  # a host sync
+            higher.index_add_(0, counted, (tile[counted] > threshold[counted, None]).sum(1))
+        else:  # counts past the clip are clipped below
+            higher.add_((tile > threshold[:, None]).sum(1))
         new_peak = torch.maximum(peak, tile_max)
         total.mul_(torch.exp(peak - new_peak).double())  # rescale the running sum to the new maximum
         total.add_(tile.sub_(new_peak[:, None]).exp_().sum(1).double())  # in place: no second tile
@@ -160,6 +193,10 @@ def response_nll(
     tile by tile of the vocabulary into one reused fp32 buffer of at most ``logits_mb``. Each row's NLL is
     ``max + log(sum(exp(logits - max))) - logits[target]``, the sum accumulated over tiles with an online rescale;
     the rank counts, in the same tiles, the logits above the target's.
+
+    On a GPU the host never waits for the device inside the loop: index tensors are built on the host and copied
+    without blocking (:func:`~car_hf.batching.to_device`), results stay on the device, and the one transfer back is
+    at the end (the model's own forward may add its own, e.g. to inspect an attention mask).
     """
     device = next(model.parameters()).device
     _check_head(model, device)
@@ -200,17 +237,19 @@ def response_nll(
             scored, pad_id, device, batch_tokens=batch_tokens, max_rows=max_rows
         ):
             hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-            owner, position = [], []
+            # Per scored position: batch row, position, target token, sequence index: one host-to-device copy.
+            index: list[list[int]] = [[], [], [], []]
             for row, i in enumerate(members):
+                ids = sequences[i].ids
                 first = max(sequences[i].start, 1) - 1  # hidden state at p predicts token p + 1
-                span = range(first, len(sequences[i].ids) - 1)
-                owner.extend([row] * len(span))
-                position.extend(span)
-            row_t = torch.as_tensor(owner, device=device)
-            position_t = torch.as_tensor(position, device=device)
-            member_t = torch.as_tensor(members, device=device)
-            queue.append((hidden[row_t, position_t], input_ids[row_t, position_t + 1], member_t[row_t]))
-            queued += len(owner)
+                n = len(ids) - 1 - first
+                index[0] += [row] * n
+                index[1] += range(first, len(ids) - 1)
+                index[2] += ids[first + 1 :]
+                index[3] += [i] * n
+            row_t, position_t, target_t, owner_t = to_device(torch.tensor(index, dtype=torch.long), device)
+            queue.append((hidden[row_t, position_t], target_t, owner_t))
+            queued += len(index[0])
             del hidden
             if queued >= head_rows:
                 run_head(final=False)
@@ -238,6 +277,15 @@ class BaseLossScorer(ModelTransform):
 
     def extra_options(self) -> dict[str, Any]:
         return {"logits_mb": self.logits_mb}
+
+    def score_features(self, columns: Sequence[str] = ()) -> dict[str, Any]:
+        """The columns :meth:`score` adds and their types (a 0-row dataset gets them: :func:`car_hf.data.map_scores`)."""
+        from datasets import Value
+
+        names = ["base_loss", "base_loss_tokens", "base_loss_truncated", "base_rank"]
+        names += ["base_loss_unconditioned", "ifd"] if self.ifd else []
+        types = {"base_loss_tokens": "int64", "base_loss_truncated": "bool"}
+        return {name: Value(types.get(name, "float64")) for name in names}
 
     def score(self, model: Any, tokenizer: Any, examples: list[Example | None]) -> dict[str, list[Any]]:
         rendered = [self.render(e, tokenizer) if e is not None else Rendered([], 0, False) for e in examples]

@@ -47,14 +47,14 @@ from typing import Any
 
 import torch
 
-from .devices import DeviceLike, default_dtype, resolve_device, resolve_dtype
+from .devices import DeviceLike, default_dtype, dtype_name, resolve_device, resolve_dtype
 from .errors import ModelLoadError
 from .gguf import OFFLINE_PACKAGES, converted_folder, converted_package_folder, offline_package
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["KINDS", "DeviceLike", "ModelSpec", "clear_model_cache", "default_dtype", "describe_model", "load_model",
-           "local_model_path", "model_fingerprint", "resolve_device"]
+           "loaded_dtype", "local_model_path", "model_fingerprint", "resolve_device"]
 
 ModelSpec = str | os.PathLike | tuple
 
@@ -131,8 +131,9 @@ def load_model(
         spec: Hub id, folder, ``.gguf`` path, or a ``(model, tokenizer)`` tuple (returned as is, moved to
             ``device``, cast only when ``dtype`` is explicit, in eval mode).
         kind: ``"causal_lm"`` (``AutoModelForCausalLM``) or ``"reward"`` (``AutoModelForSequenceClassification``).
-        dtype: ``"auto"`` (see :func:`default_dtype`), a ``torch.dtype``, or ``"float32"``/``"bfloat16"``/
-            ``"float16"``.
+        dtype: ``"auto"`` (see :func:`default_dtype`: on a GPU without bfloat16 it reads the model's config, and
+            a family that overflows float16, e.g. Gemma, is loaded in float32), a ``torch.dtype``, or
+            ``"float32"``/``"bfloat16"``/``"float16"``. :func:`loaded_dtype` tells which one, without loading.
         device: see :func:`resolve_device`; ``None`` means ``cuda:0`` if available, else ``cpu``.
         revision: Hub revision (branch, tag or commit); ignored for local folders and files.
         trust_remote_code: passed to ``from_pretrained``; custom-head reward models (e.g. ArmoRM) need it.
@@ -157,8 +158,8 @@ def load_model(
         model, tokenizer = spec
         return _finish(model, tokenizer, target, None if dtype == "auto" else resolve_dtype(dtype, target))
 
-    torch_dtype = resolve_dtype(dtype, target)
     name = _normalize_spec(spec)
+    torch_dtype = _load_dtype(name, dtype, target, revision, trust_remote_code)
     key = (name, kind, str(torch_dtype), str(target), revision, trust_remote_code)
     with _LOCK:
         if key not in _MEMO:
@@ -167,6 +168,51 @@ def load_model(
             _SOURCES[(name, revision)] = source
             _MODEL_SOURCES[_MEMO[key][0]] = source
         return _MEMO[key]
+
+
+def _load_dtype(name: str, dtype: str | torch.dtype, device: torch.device, revision: str | None,
+                trust_remote_code: bool) -> torch.dtype:
+    """The dtype a string spec is loaded in: :func:`~car_hf.devices.resolve_dtype`, told the model type only where
+    the family decides (``"auto"`` on a GPU without bfloat16), so only then is the model's config read."""
+    chosen = resolve_dtype(dtype, device)
+    if dtype != "auto" or chosen != torch.float16:
+        return chosen
+    return resolve_dtype(dtype, device, _model_type(name, revision, trust_remote_code))
+
+
+def _model_type(name: str, revision: str | None, trust_remote_code: bool) -> str | None:
+    """The ``model_type`` of the text model in ``name``'s config (``gemma3_text`` for a Gemma-3), or ``None`` when the
+    config cannot be read (the load then reports why)."""
+    from transformers import AutoConfig
+
+    try:
+        path = local_model_path(name, revision=revision)
+        config = AutoConfig.from_pretrained(path, revision=None if os.path.isdir(path) else revision,
+                                            trust_remote_code=trust_remote_code, local_files_only=_is_offline())
+    except (OSError, ValueError, ModelLoadError):
+        return None
+    return config.get_text_config().model_type
+
+
+def loaded_dtype(
+    spec: ModelSpec,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: DeviceLike = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> str:
+    """The dtype :func:`load_model` loads ``spec`` in with these arguments, without loading the weights (a short
+    name, as records write it): what scored data records as the dtype actually used.
+
+    Example:
+        >>> loaded_dtype("some-org/some-model", dtype="bf16", device="cpu"), loaded_dtype("x/y", device="cpu")
+        ('bfloat16', 'float32')
+    """
+    target = resolve_device(device)
+    if isinstance(spec, tuple):  # a loaded pair is cast only for an explicit dtype
+        return dtype_name(spec[0].dtype if dtype == "auto" else resolve_dtype(dtype, target))
+    return dtype_name(_load_dtype(_normalize_spec(spec), dtype, target, revision, trust_remote_code))
 
 
 def local_model_path(spec: str | os.PathLike, *, revision: str | None = None) -> str:

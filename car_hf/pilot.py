@@ -1,25 +1,35 @@
 """Pilot distillation: is CAR's choice of teacher right for *your* student? Predicted vs. realized.
 
 :func:`run_pilot` takes a scored pool (a long-layout Dataset/DataFrame with ``instruction``/``prompt``/
-``messages``, the response, the generator column, ``reward`` and ``base_loss``; or a teacher trial's
+``messages``, the response, the generator column, a reward column and ``base_loss``; or a teacher trial's
 :class:`~car_hf.trial.TrialResult`) and:
 
-1. chooses K teachers (:func:`choose_teachers`; default: CAR's top 3, the reward-only winner and CAR's
-   bottom, deduplicated);
-2. builds each teacher's training set on the SAME first ``n_instructions`` instructions they all answered;
+1. chooses K teachers (:func:`choose_teachers`; default: CAR's top 3, the reward-only winner and CAR's bottom,
+   deduplicated);
+2. builds each teacher's training set on the SAME first ``n_instructions`` instructions they all answer
+   (:func:`car_hf.pilot_data.training_rows`, which says what happens when they answer different ones);
 3. fine-tunes the student on each (LoRA by default) through the SFT recipe's library functions
    (:mod:`car_hf.training`, :class:`~car_hf.integrations.trl.CARSFTTrainer`);
-4. evaluates the untuned student and every tuned one on the same held-out set (:func:`car_hf.evaluate_student`);
+4. evaluates the untuned student and every tuned one on the same held-out set (:func:`car_hf.evaluate_student`;
+   a LoRA student merged into its base in the training dtype);
 5. reports the realized performance per teacher with intervals, a paired bootstrap test between the top two,
    ``spearman_table`` of every signal against the realized performance with bootstrap intervals over held-out
-   items, ``fit_beta``, the budget and what it cost (:class:`car_hf.pilot_report.PilotReport`).
+   items and an exact permutation p-value over teachers, ``fit_beta``, the budget and what it cost
+   (:class:`car_hf.pilot_report.PilotReport`). The report is written after every round of finished students,
+   so a stopped pilot leaves a partial one.
 
-Everything that can be checked without a model is checked before training: K >= 2 teachers, teachers answering
-the same instructions, a non-empty held-out set disjoint from the training instructions, and the scorers'
-columns; the untuned student is evaluated first, so a metric returning non-numbers fails before any training.
-Trained students and evaluations go to the score cache (:mod:`car_hf.cache`) under ``output_dir``: a killed
-pilot resumes without retraining or re-evaluating a finished student. Under ``accelerate launch`` every
-process trains; the main process evaluates and writes the report.
+Everything that can be checked without a model is checked before training: K >= 2 teachers, their shared
+instructions, a non-empty held-out set disjoint from the training instructions, and the scorers' columns; the
+untuned student is evaluated first, so a metric returning non-numbers fails before any training. Trained students
+and evaluations go to the score cache (:mod:`car_hf.cache`) under ``output_dir``, keyed by everything they depend
+on (every ``SFTConfig`` and ``ModelConfig`` field but output and logging ones; the scorers, a reward function by
+its source): a stopped pilot resumes without retraining or re-evaluating a finished student, and says so in one
+line with the command to re-run.
+
+Under ``accelerate launch`` (``output_dir`` on a filesystem every process sees) the processes train each student
+together, ``num_processes`` students per round, then evaluate that round's students in parallel, one per process,
+and meet: a process waits at most one evaluation (:data:`car_hf.pilot_args.PILOT_DDP_TIMEOUT`); an error on one
+process is raised on every process. The main process writes the report.
 
 Example:
     >>> table = rank_generators({"generator": list("abcde"), "reward": [.9, .8, .7, .95, .1],
@@ -31,193 +41,90 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
-import hashlib
-import json
 import logging
-import re
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ._version import __version__
-from .cache import ScoreCache
+from .cache import ScoreCache, file_digests, rows_digest
 from .errors import ConfigError, InputError
-from .evaluation import MEASURES, EvaluationConfig, StudentEvaluation, evaluate_student, summarize
-from .formats import detect_layout, row_example
-from .pilot_report import PilotReport, build_report
+from .evaluation import MEASURES, EvaluationConfig, StudentEvaluation, evaluate_student, load_student, summarize
+from .formats import detect_layout
+from .pilot_args import PilotArguments, pilot_parser
+from .pilot_data import (
+    check_heldout,
+    check_not_empty_file,
+    choose_teachers,
+    content_digest,
+    prompt_keys,
+    scored_pool,
+    slug,
+    training_rows,
+)
+from .pilot_report import PilotReport, build_report, measure_label
 from .ranking import rank_generators
 
 logger = logging.getLogger(__name__)
 
 BASELINE = "(untuned student)"
+__all__ = ["BASELINE", "PilotArguments", "average_seeds", "choose_teachers", "pilot_from_arguments", "pilot_parser",
+           "run_pilot", "training_identity", "training_rows"]
+
+# SFTConfig fields that change where and how a run is logged or saved, not the student it trains (the seed is in
+# each student's name instead, so adding a seed retrains nothing).
+_NOT_TRAINING = ("output_dir", "overwrite_output_dir", "logging_", "log_", "report_to", "run_name", "project",
+                 "trackio_", "disable_tqdm", "push_to_hub", "hub_", "save_", "resume_from_checkpoint", "ddp_timeout",
+                 "local_rank", "seed")
 
 
-@dataclass
-class PilotArguments:
-    """The pool, the held-out set, the teachers, the number of training instructions and the seeds (the options
-    of ``car-hf pilot`` and ``recipes/pilot.py`` next to TRL's ``SFTConfig`` and ``ModelConfig``)."""
-
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "The scored pool (long layout with reward and base_loss): a file, a "
-                                        "save_to_disk folder (e.g. recipes/score.py's output_dir/scored) or a Hub id."})
-    dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset or DatasetDict."})
-    heldout_name: str | None = field(default=None, metadata={"help": "Held-out instructions (file, folder, Hub id)."})
-    heldout_split: str = field(default="train", metadata={"help": "Split of the held-out dataset."})
-    n_instructions: int = field(default=1000, metadata={"help": "Training instructions per teacher (the same ones)."})
-    teachers: list[str] | None = field(
-        default=None, metadata={"help": "Teachers to compare (default: CAR top 3, reward-only winner, CAR bottom)."})
-    seeds: list[int] | None = field(
-        default=None, metadata={"help": "Training seeds: one student per teacher and seed, realized values averaged "
-                                        "over seeds (default: the training seed alone)."})
-    by: str = field(default="generator", metadata={"help": "The column naming each row's teacher."})
-    beta: float = field(default=1.0, metadata={"help": "CAR's beta for the prediction."})
-    reward_transform: str = field(default="raise", metadata={"help": "CAR's reward transform (car_hf.car)."})
-    measure: str | None = field(
-        default=None, metadata={"help": "Realized measure: accuracy | reward | win_rate | lc_win_rate (default: "
-                                        "the first the scorers give)."})
-
-
-def pilot_parser(parser_class: type | None = None, **kwargs: Any) -> Any:
-    """The ``TrlParser`` (or ``parser_class``, a subclass) of a pilot: :class:`PilotArguments`,
-    ``EvaluationArguments`` (the scorers), ``TeacherConfig`` (the students' generation), ``trl.SFTConfig`` and
-    ``trl.ModelConfig``; ``--config`` reads a YAML file of them (command-line options override it).
-
-    >>> args, scorers, generation, training_args, model_args = pilot_parser().parse_args_and_config(
-    ...     ["--model_name_or_path", "student", "--seeds", "0", "1", "--metric", "answer_match", "--use_peft",
-    ...      "--use_cpu", "--bf16", "false"])  # SFTConfig's default bf16 needs a GPU
-    >>> args.seeds, scorers.metric, model_args.use_peft
-    ([0, 1], 'answer_match', True)
-    """
-    from trl import ModelConfig, SFTConfig, TrlParser
-
-    from .evaluation import EvaluationArguments
-    from .teacher import TeacherConfig
-
-    return (parser_class or TrlParser)((PilotArguments, EvaluationArguments, TeacherConfig, SFTConfig, ModelConfig),
-                                       **kwargs)
+def training_identity(training_args: Any, model_args: Any) -> dict[str, Any]:
+    """What a trained student depends on, for its cache key: every ``SFTConfig`` field except the output and
+    logging ones (optimizer, weight decay, max_grad_norm, checkpointing, precision ...), the number of processes
+    (it sets the effective batch) and every ``ModelConfig`` field (dtype, LoRA ...)."""
+    fields = {k: v for k, v in training_args.to_dict().items() if not k.startswith(_NOT_TRAINING)}
+    return {"sft": fields, "num_processes": training_args.world_size, "model": dataclasses.asdict(model_args)}
 
 
 def pilot_from_arguments(args: PilotArguments, scorers: Any, generation: Any, training_args: Any,
-                         model_args: Any) -> PilotReport | None:
-    """:func:`run_pilot` from :func:`pilot_parser`'s dataclasses: sources checked, data loaded, report logged."""
+                         model_args: Any, *, rerun: str | None = None) -> PilotReport | None:
+    """:func:`run_pilot` from :func:`pilot_parser`'s dataclasses: sources checked, data loaded (an empty file is
+    refused by name), the report written (its path logged; the caller prints it). ``rerun``: the command that
+    resumes, named if the pilot stops."""
     from .data import load_data
     from .distributed import setup_logging
     from .inputs import check_data_source, check_model_source
 
     setup_logging(training_args.process_index, training_args.world_size)
     check_model_source(model_args.model_name_or_path, "model_name_or_path")
-    check_data_source(args.dataset_name)
-    check_data_source(args.heldout_name, "heldout_name")
+    for source, option in ((args.dataset_name, "dataset_name"), (args.heldout_name, "heldout_name")):
+        check_data_source(source, option)
+        check_not_empty_file(source, option)
     evaluation = scorers.config(generation)
     pool = load_data(args.dataset_name, split=args.dataset_split)
     heldout = load_data(args.heldout_name, split=args.heldout_split)
     report = run_pilot(pool, heldout, training_args, model_args, evaluation, n_instructions=args.n_instructions,
                        output_dir=training_args.output_dir, teachers=args.teachers, beta=args.beta,
-                       reward_transform=args.reward_transform, by=args.by, measure=args.measure, seeds=args.seeds)
+                       reward_transform=args.reward_transform, by=args.by, measure=args.measure, seeds=args.seeds,
+                       reward_column=args.reward_column, measure_name=args.measure_name, rerun=rerun)
     if report is not None:
-        logger.info("pilot report (%s):\n%s", training_args.output_dir, report.to_markdown())
+        logger.info("wrote the pilot report to %s", Path(training_args.output_dir) / "report.md")
     return report
-
-
-def choose_teachers(table: pd.DataFrame, teachers: Sequence[str] | None = None, *,
-                    by: str = "generator") -> list[tuple[str, str]]:
-    """``(teacher, why chosen)`` pairs: ``teachers`` as given, else CAR's top 3, the reward-only winner and CAR's
-    bottom (deduplicated, in that order). Refuses fewer than 2 or a teacher missing from ``table``."""
-    names = table[by].tolist()
-    if teachers:
-        missing = [t for t in teachers if t not in names]
-        if missing:
-            raise InputError(f"teacher(s) {missing} are not in the pool; it has {names}")
-        chosen = [(t, "chosen by the user") for t in dict.fromkeys(teachers)]
-    else:
-        ranked = table.sort_values("car", ascending=False, kind="stable")[by].tolist()
-        candidates = [(t, f"CAR rank {i + 1}") for i, t in enumerate(ranked[:3])]
-        candidates += [(table.loc[table["reward"].idxmax(), by], "reward-only winner"), (ranked[-1], "CAR bottom")]
-        chosen = list({t: (t, why) for t, why in reversed(candidates)}.values())[::-1]  # first reason wins
-    if len(chosen) < 2:
-        raise InputError(f"a pilot compares at least 2 teachers; got {[t for t, _ in chosen]}")
-    return chosen
-
-
-def _key(prompt: list[dict[str, str]]) -> str:
-    return json.dumps([[turn["role"], turn["content"].strip()] for turn in prompt])
-
-
-def _prompts(ds: Any, layout: Any) -> list[str]:
-    """Each row's prompt as a comparable key (the conversation before the response)."""
-    batch = ds.to_dict()
-    return [_key(row_example(batch, i, layout, i).prompt) for i in range(len(ds))]
-
-
-def training_rows(pool: Any, teachers: Sequence[str], n: int, *, by: str = "generator") -> dict[str, Any]:
-    """Each teacher's rows on the same first ``n`` instructions (in pool order); refuses teachers that do not all
-    answer them, or answer one twice."""
-    layout = detect_layout(pool.column_names)
-    keys, groups = _prompts(pool, layout), pool[by]
-    answered: dict[str, dict[str, int]] = {t: {} for t in teachers}
-    for i, (key, group) in enumerate(zip(keys, groups)):
-        if group in answered:
-            if key in answered[group]:
-                raise InputError(f"teacher {group!r} answers one instruction twice (rows {answered[group][key]} and "
-                                 f"{i}): a pilot trains each student on one answer per instruction")
-            answered[group][key] = i
-    common = [k for k in dict.fromkeys(keys) if all(k in answered[t] for t in teachers)]
-    if n < 1:
-        raise ConfigError(f"n_instructions must be >= 1, got {n}")
-    if len(common) < n:
-        short = {t: len(answered[t]) for t in teachers}
-        raise InputError(f"the teachers must answer the same instructions: they share {len(common)}, fewer than "
-                         f"n_instructions={n} (instructions answered per teacher: {short})")
-    first = common[:n]
-    return {t: pool.select([answered[t][k] for k in first]) for t in teachers}
-
-
-def check_heldout(heldout: Any, train_keys: set[str]) -> None:
-    """A non-empty held-out set that shares no instruction with the training set (the overlap is named)."""
-    if heldout is None or len(heldout) == 0:
-        raise InputError("the held-out set is empty: a pilot evaluates students on held-out instructions")
-    from .generate import input_column, read_prompt
-    from .teacher import TeacherConfig
-
-    column = input_column(heldout.column_names, TeacherConfig())
-    keys = [_key(read_prompt(v, row=i, column=column)) for i, v in enumerate(heldout[column])]
-    overlap = [i for i, k in enumerate(keys) if k in train_keys]
-    if overlap:
-        shown = "; ".join(f"row {i}: {str(heldout[column][i])[:80]!r}" for i in overlap[:3])
-        raise InputError(f"the held-out set overlaps the training instructions in {len(overlap)} row(s) ({shown}): "
-                         "held-out items must be unseen in training")
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name)[:60] + "-" + hashlib.blake2b(name.encode(), digest_size=3).hexdigest()
-
-
-def content_digest(ds: Any) -> str:
-    """A digest of a dataset's rows: the same rows give the same key, whatever file they were read from."""
-    return hashlib.blake2b(ds.to_pandas().to_json(orient="records").encode(), digest_size=8).hexdigest()
-
-
-def _scored_pool(pool: Any) -> Any:
-    import datasets
-
-    pool = getattr(pool, "scored", pool)  # a TrialResult: its scored rows
-    if isinstance(pool, pd.DataFrame):
-        return datasets.Dataset.from_pandas(pool, preserve_index=False)
-    return datasets.Dataset.from_dict(dict(pool)) if isinstance(pool, dict) else pool
 
 
 def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, evaluation: EvaluationConfig, *,
               n_instructions: int, output_dir: str | Path, teachers: Sequence[str] | None = None,
               beta: float = 1.0, reward_transform: str = "raise", by: str = "generator",
-              measure: str | None = None, plain_template: str | None = None,
-              seeds: Sequence[int] | None = None) -> PilotReport | None:
+              measure: str | None = None, measure_name: str | None = None, reward_column: str = "reward",
+              plain_template: str | None = None, seeds: Sequence[int] | None = None,
+              rerun: str | None = None) -> PilotReport | None:
     """Fine-tune the student ``model_args.model_name_or_path`` on each chosen teacher's answers and compare the
     predicted (CAR ...) and realized (evaluated) rankings; see the module docstring.
 
@@ -231,9 +138,12 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
         output_dir: the report, the picture and the cache (students and evaluations).
         teachers: the teachers to compare (default: see :func:`choose_teachers`).
         beta, reward_transform: CAR's, for the prediction (the table also fits beta).
-        measure: the realized measure (default: the first of ``evaluation.measures()``).
+        measure: the realized measure (default: the first of ``evaluation.measures()``); ``measure_name`` its
+            name in the report (default: :func:`car_hf.pilot_report.measure_label`).
+        reward_column: the pool's reward column.
         seeds: training seeds (default: ``training_args.seed`` alone); each teacher's student is trained once per
             seed and its realized value per held-out item is the mean over seeds (:func:`average_seeds`).
+        rerun: the command that resumes this pilot, named in the line logged if it stops.
 
     Returns the report (None on the other processes of a multi-process run).
     """
@@ -247,13 +157,13 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
 
     started = time.time()
     # 1. Checks that need no model.
-    pool = _scored_pool(pool)
-    table = rank_generators(pool, by=by, beta=beta, reward_transform=reward_transform,
+    pool = scored_pool(pool)
+    table = rank_generators(pool, by=by, beta=beta, reward_transform=reward_transform, reward_column=reward_column,
                             n_bootstrap=evaluation.n_bootstrap, seed=evaluation.seed)
     chosen = choose_teachers(table, teachers, by=by)
-    rows = training_rows(pool, [t for t, _ in chosen], n_instructions, by=by)
+    shared = training_rows(pool, [t for t, _ in chosen], n_instructions, by=by)
     layout = detect_layout(pool.column_names)
-    check_heldout(heldout, set(_prompts(next(iter(rows.values())), layout)))
+    check_heldout(heldout, set(prompt_keys(next(iter(shared.rows.values())), layout)))
     evaluation.check(heldout)
     measure = measure or evaluation.measures()[0]
     if measure not in evaluation.measures():
@@ -267,59 +177,113 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
     student = local_model_path(model_args.model_name_or_path, revision=model_args.model_revision)
     tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
     training.check_tokenizer(tokenizer, training_args, model_args.model_name_or_path)
-    records = {t: training.to_records(r, tokenizer, layout, plain_template or PLAIN_TEMPLATE) for t, r in rows.items()}
+    records = {t: training.to_records(r, tokenizer, layout, plain_template or PLAIN_TEMPLATE)
+               for t, r in shared.rows.items()}
 
     # What a student's training depends on (so adding a teacher or changing the held-out set retrains nothing).
-    # The seed is part of each student's name instead, so adding a seed retrains nothing either.
     training_budget = {"student": model_args.model_name_or_path, "n_instructions": n_instructions,
                        **{k: v for k, v in training_hyperparameters(training_args, model_args).items()
                           if v is not None and k != "seed"}}
-    budget = training_budget | {"seeds": seeds, "n_heldout": len(heldout), "teachers": len(chosen)}
+    budget = training_budget | {"seeds": seeds, "n_heldout": len(heldout), "teachers": len(chosen)} | (
+        {"skipped_instructions": shared.skipped} if shared.skipped else {})
     root = Path(output_dir) / "cache"
     trained = ScoreCache(root, {"car_hf_version": __version__, "what": "pilot students",
                                 "student": model_fingerprint(student, revision=model_args.model_revision),
-                                "budget": training_budget})
+                                "budget": training_budget, "training": training_identity(training_args, model_args)})
     evaluations = {"car_hf_version": __version__, "what": "pilot evaluations", "heldout": content_digest(heldout),
                    "evaluation": evaluation.identity()}
     evaluated = ScoreCache(root, evaluations | {"students": trained.digest})
     untuned = ScoreCache(root, evaluations | {"student": trained.key["student"]})  # whatever the budget
-    main = PartialState().is_main_process
+    state = PartialState()
+    run = partial(_evaluate, heldout=heldout, evaluation=evaluation, merge_dtype=model_args.dtype)
     cost: dict[str, dict[str, Any]] = {}
-
-    # 3. The untuned student first: the scorers run on real answers before any training.
     results: dict[str, StudentEvaluation] = {}
-    if main:
-        results[BASELINE], cost[BASELINE] = _evaluate(untuned, "eval-baseline", student, heldout, evaluation,
-                                                      BASELINE)
-    PartialState().wait_for_everyone()
-    # 4. Each teacher and seed: train (unless cached), evaluate (unless cached).
     by_seed: dict[str, dict[int, StudentEvaluation]] = {}
-    for teacher, _ in chosen:
-        for seed in seeds:
-            part = f"student-{_slug(teacher)}-{content_digest(records[teacher])}-seed{seed}"
-            folder, seconds, reused = _train(trained, part, records[teacher], tokenizer, student, training_args,
-                                             model_args, seed)
-            PartialState().wait_for_everyone()
-            if main:
-                by_seed.setdefault(teacher, {})[seed], spent = _evaluate(evaluated, f"eval-{part}", folder, heldout,
-                                                                         evaluation, teacher)
+    students = [(teacher, seed) for teacher, _ in chosen for seed in seeds]
+
+    def report(final: bool) -> PilotReport | None:
+        """The report of the teachers whose every seed is evaluated (written as it stands when not final)."""
+        done = {t: e for t, e in by_seed.items() if len(e) == len(seeds)}
+        if not done:
+            return None
+        for teacher, evaluations_ in done.items():
+            results[teacher] = average_seeds(evaluations_, evaluation, list(heldout.column_names))
+        spent = sum((c.get("train_seconds") or 0) + c["eval_seconds"] for k, c in cost.items() if k != "total")
+        cost["total"] = {"compute_seconds": round(spent, 1), "wall_seconds": round(time.time() - started, 1),
+                         "processes": training_args.world_size, "device": str(training_args.device)}
+        label = measure_label(measure, evaluation, results.values(), measure_name)
+        partial_note = None if final else (f"partial: {len(done)} of {len(chosen)} teachers evaluated so far (the "
+                                           "pilot is running, or stopped: re-run it to finish)")
+        built = build_report(table, [c for c in chosen if c[0] in done], results, measure=measure, baseline=BASELINE,
+                             budget=budget, cost=cost, evaluation=evaluation, by=by, label=label,
+                             by_seed={t: {s: e.summary[measure]["mean"] for s, e in done[t].items()} for t in done},
+                             partial=partial_note)
+        built.save(output_dir)
+        return built
+
+    finished = 0
+    try:
+        # 3. The untuned student first: the scorers run on real answers before any training.
+        results[BASELINE], spent = _share(state, [partial(run, untuned, "eval-baseline", student, BASELINE)])[0]
+        cost[BASELINE] = spent
+        # 4. Rounds of one student per process: trained together, then evaluated in parallel (unless cached).
+        for start in range(0, len(students), state.num_processes):
+            group, jobs, trainings = students[start:start + state.num_processes], [], []
+            for teacher, seed in group:
+                part = f"student-{slug(teacher)}-{content_digest(records[teacher])}-seed{seed}"
+                folder, seconds, reused = _train(trained, part, records[teacher], tokenizer, student, training_args,
+                                                 model_args, seed)
+                trainings.append((seconds, reused))
+                jobs.append(partial(run, evaluated, f"eval-{part}", folder, teacher))
+                if state.is_main_process and not evaluated.has(f"eval-{part}"):
+                    load_student(folder, model_args.dtype)  # a LoRA student merged here: only rank 0 can save it
+            state.wait_for_everyone()  # every student of the round saved (and merged) before anyone loads one
+            for (teacher, seed), (seconds, reused), (result, spent) in zip(group, trainings, _share(state, jobs)):
+                by_seed.setdefault(teacher, {})[seed] = result
                 cost.setdefault(teacher, Counter()).update(  # summed over seeds
                     {"train_seconds": seconds or 0.0, "eval_seconds": spent["eval_seconds"],
                      "training_reused": int(reused), "evaluation_reused": int(spent["evaluation_reused"])})
-    if not main:
-        return None
-    for teacher, evaluations in by_seed.items():
-        results[teacher] = average_seeds(evaluations, evaluation, list(heldout.column_names))
-    # What the pilot cost (every student, including those a resumed run reused) and what this run took.
-    spent = sum((c.get("train_seconds") or 0) + c["eval_seconds"] for c in cost.values())
-    cost["total"] = {"compute_seconds": round(spent, 1), "wall_seconds": round(time.time() - started, 1),
-                     "processes": training_args.world_size, "device": str(training_args.device)}
-    realized_by_seed = {t: {seed: e.summary[measure]["mean"] for seed, e in evaluations.items()}
-                        for t, evaluations in by_seed.items()}
-    report = build_report(table, chosen, results, measure=measure, baseline=BASELINE, budget=budget, cost=cost,
-                          evaluation=evaluation, by=by, by_seed=realized_by_seed)
-    report.save(output_dir)
-    return report
+            finished += len(group)
+            if state.is_main_process and finished < len(students):
+                report(final=False)
+    except BaseException as error:
+        # A user error before any student finished is its own one-line message: re-running would not help.
+        if state.is_main_process and (finished or not isinstance(error, (ConfigError, InputError))):
+            logger.error("the pilot stopped after %d of %d students were trained and evaluated; they are kept in %s "
+                         "(a partial report, if any, in %s): re-run %s to resume from there", finished,
+                         len(students), root, Path(output_dir) / "report.md",
+                         f"`{rerun}`" if rerun else "the same command")
+        raise
+    return report(final=True) if state.is_main_process else None
+
+
+def _share(state: Any, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run ``jobs`` (at most one per process: job i on process i) and return every job's result on every process.
+
+    The processes meet once, when every job is done, so a process waits at most the slowest other job. A job that
+    fails is raised on its own process and named on the others, so no process waits for a job that will never
+    finish."""
+    if len(jobs) > state.num_processes:
+        raise ValueError(f"{len(jobs)} jobs for {state.num_processes} processes: at most one each")
+    outcome: tuple[str, Any] | None = None
+    error: BaseException | None = None
+    if state.process_index < len(jobs):
+        try:
+            outcome = ("ok", jobs[state.process_index]())
+        except Exception as caught:  # reported to the other processes before it is raised here
+            error, outcome = caught, ("error", f"{type(caught).__name__}: {caught}")
+    if state.num_processes == 1:
+        outcomes = [outcome]
+    else:
+        from accelerate.utils import gather_object
+
+        outcomes = gather_object([outcome])
+    if error is not None:
+        raise error
+    failed = [(i, o[1]) for i, o in enumerate(outcomes[:len(jobs)]) if o[0] == "error"]
+    if failed:
+        raise RuntimeError(f"process {failed[0][0]} failed: {failed[0][1]}")
+    return [o[1] for o in outcomes[:len(jobs)]]
 
 
 def average_seeds(evaluations: Mapping[int, StudentEvaluation], config: EvaluationConfig,
@@ -345,6 +309,8 @@ def average_seeds(evaluations: Mapping[int, StudentEvaluation], config: Evaluati
             items[f"{column}_seed{seed}"] = evaluation.items[column].to_numpy()
     for column in averaged:
         items[column] = np.mean([e.items[column].to_numpy(float) for e in evaluations.values()], axis=0)
+    if "empty_answer" in first.items.columns:  # per item: how many seeds' students answered nothing
+        items["empty_answer"] = np.sum([e.items["empty_answer"].to_numpy(int) for e in evaluations.values()], axis=0)
     return StudentEvaluation(first.name, items, summarize(items, config))
 
 
@@ -353,9 +319,10 @@ def _train(cache: ScoreCache, part: str, records: Any, tokenizer: Any, student: 
     """The trained student's folder (an adapter with LoRA), its training seconds, and whether it was reused from
     the cache (trained only when the cache has no such part)."""
     folder = cache.folder / f"model-{part}"
-    if cache.has(part):
+    inputs = rows_digest(records)  # the part verifies against its training records and its model folder's files
+    if (loaded := cache.load(part, inputs=inputs)) is not None:
         logger.info("reusing the trained student %s", folder)
-        return folder, cache.load(part)[1].get("train_seconds"), True
+        return folder, loaded[1].get("train_seconds"), True
     from trl import get_peft_config
 
     from .integrations.trl import CARSFTTrainer
@@ -372,25 +339,33 @@ def _train(cache: ScoreCache, part: str, records: Any, tokenizer: Any, student: 
     trainer.save_model(str(folder))
     seconds = round(time.time() - start, 1)
     if trainer.is_world_process_zero():  # the part marks the student complete, so it is written last
-        cache.save(part, records, meta={"train_seconds": seconds, "metrics": result.metrics})
+        cache.save(part, records, meta={"train_seconds": seconds, "metrics": result.metrics}, inputs=inputs,
+                   attached=[folder])
     del trainer
     gc.collect()
     return folder, seconds, False
 
 
-def _evaluate(cache: ScoreCache, part: str, model: Any, heldout: Any, evaluation: EvaluationConfig,
-              name: str) -> tuple[StudentEvaluation, dict[str, Any]]:
-    """A student's evaluation, from the cache when it holds this part."""
+def _evaluate(cache: ScoreCache, part: str, model: Any, name: str, *, heldout: Any, evaluation: EvaluationConfig,
+              merge_dtype: str | None) -> tuple[StudentEvaluation, dict[str, Any]]:
+    """A student's evaluation (a LoRA student merged in ``merge_dtype``), from the cache when it holds this part."""
     import datasets
 
-    loaded = cache.load(part)
+    from .models import model_fingerprint
+
+    # An evaluation verifies against the student's files (a retrained student is evaluated again; a folder's top
+    # level only: the evaluation adds merged/ to a LoRA student's) and the held-out items.
+    student = file_digests(model) if Path(model).is_dir() else model_fingerprint(str(model))
+    inputs = {"model": student, "heldout": rows_digest(heldout)}
+    loaded = cache.load(part, inputs=inputs)
     if loaded is not None:
         logger.info("reusing the evaluation of %s", name)
         return StudentEvaluation(name, loaded[0].to_pandas(), loaded[1]["summary"]), loaded[1]["cost"] | {
             "evaluation_reused": True}
+    logger.info("evaluating %s", name)
     start = time.time()
-    result = evaluate_student(str(model), heldout, evaluation, name=name)
+    result = evaluate_student(str(model), heldout, evaluation, name=name, merge_dtype=merge_dtype)
     cost = {"eval_seconds": round(time.time() - start, 1), "evaluation_reused": False}
     cache.save(part, datasets.Dataset.from_pandas(result.items, preserve_index=False),
-               meta={"summary": result.summary, "cost": cost})
+               meta={"summary": result.summary, "cost": cost}, inputs=inputs)
     return result, cost

@@ -23,20 +23,27 @@ import pandas as pd
 
 from ._version import __version__
 from .car import LOSS_DEFINITION, transform_rewards
+from .errors import InputError
+from .inputs import check_numbers, need_column
 
 logger = logging.getLogger(__name__)
 
 
-def _table_frame(data: Any, columns: Sequence[str]) -> pd.DataFrame:
-    """The needed columns of a Dataset / DataFrame / dict of lists as a DataFrame."""
+def _table_frame(data: Any, columns: Sequence[str], needed: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The ``columns`` of a Dataset / DataFrame / dict of lists that are present, as a DataFrame.
+
+    ``needed`` maps each column that must be there to its role: a missing one is an InputError listing the
+    columns the data has (checked before anything is read).
+    """
+    present = list(data.column_names) if hasattr(data, "column_names") else list(data.keys()) \
+        if isinstance(data, Mapping) else list(data.columns)
+    for column, role in (needed or {}).items():
+        need_column(column, present, role)
     if isinstance(data, pd.DataFrame):
-        frame = data
-    elif hasattr(data, "select_columns"):  # datasets.Dataset: read only what we need
-        present = [c for c in columns if c in data.column_names]
-        frame = data.select_columns(present).to_pandas()
-    else:
-        frame = pd.DataFrame(dict(data))
-    return frame
+        return data
+    if hasattr(data, "select_columns"):  # datasets.Dataset: read only what we need
+        return data.select_columns([c for c in dict.fromkeys(columns) if c in present]).to_pandas()
+    return pd.DataFrame(dict(data))
 
 
 @dataclass
@@ -110,13 +117,16 @@ def rank_generators(
         confidence: level of the intervals; ``n_bootstrap`` resamples (0: no intervals).
         config: extra entries for ``table.attrs["car"]`` (base model, reward model, ...).
 
-    Rows whose reward or loss is not finite (an empty response, a fully truncated one, a missing
-    judge score) are left out of the means and counted: ``n`` rows, ``n_scored`` used.
+    Rows whose reward or loss is None/NaN (an empty response, a fully truncated one, a missing judge
+    score) are left out of the means and counted: ``n`` rows, ``n_scored`` used. A reward, loss or
+    ``base_rank`` that is text or ±inf is an :class:`~car_hf.errors.InputError` naming the row and the
+    column (:func:`car_hf.inputs.check_numbers`), as is a missing column or data with no rows.
 
     Returns:
         One row per generator, best first: ``n, n_scored, reward, base_loss, car, rank``; with
         intervals ``car_low, car_high, reward_low, reward_high, base_loss_low, base_loss_high,
-        p_best`` (share of resamples in which it has the highest CAR) and ``rank_low, rank_high``;
+        p_best`` (share of resamples in which it has the highest CAR, ties split equally: :func:`p_best`)
+        and ``rank_low, rank_high`` (tied generators share the better rank);
         and the paper's baselines the columns allow: ``ppl`` = exp(mean loss), ``ifd`` (mean),
         ``response_tokens`` (mean), and with a ``base_rank`` column ``base_rank`` (mean) and ``rsr`` = mean
         ``base_rank`` / mean loss over the rows where both are finite (the rank-surprisal ratio, arXiv
@@ -132,19 +142,17 @@ def rank_generators(
         raise ValueError(f"beta must be >= 0, got {beta}")
     optional = ["ifd", "base_loss_tokens", "base_rank"]
     pairing = [instruction_column] if instruction_column else ["instruction_id", "instruction", "prompt"]
-    frame = _table_frame(data, [by, reward_column, loss_column, *optional, *pairing])
-    for column in (by, reward_column, loss_column):
-        if column not in frame.columns:
-            raise KeyError(f"column {column!r} is missing; the data has columns {list(frame.columns)}")
-    if instruction_column and instruction_column not in frame.columns:
-        raise KeyError(f"instruction_column {instruction_column!r} is missing; columns: {list(frame.columns)}")
+    needed = {by: "by: the generator of each row", reward_column: "reward_column: rewards of each row",
+              loss_column: "loss_column: base-model loss of each row"}
+    if instruction_column:
+        needed[instruction_column] = "instruction_column: pairs rows across generators"
+    frame = _table_frame(data, [by, reward_column, loss_column, *optional, *pairing], needed)
+    if len(frame) == 0:
+        raise InputError("the data has no rows: there is nothing to rank")
     cluster_column = next((c for c in pairing if c in frame.columns), None)
-    raw = pd.to_numeric(frame[reward_column], errors="coerce").to_numpy(dtype=float)
-    if np.isinf(raw).any():
-        rows = np.flatnonzero(np.isinf(raw))[:5].tolist()
-        raise ValueError(f"column {reward_column!r} has infinite values at rows {rows}")
-    rewards, record = transform_rewards(raw, reward_transform, column=reward_column)
-    losses = frame[loss_column].to_numpy(dtype=float)
+    raw = check_numbers(frame[reward_column], reward_column, names=frame.index)
+    rewards, record = transform_rewards(raw, reward_transform, names=frame.index, column=reward_column)
+    losses = check_numbers(frame[loss_column], loss_column, names=frame.index, kind="loss")
     groups = frame[by].tolist()
     clusters = frame[cluster_column].tolist() if cluster_column else list(range(len(frame)))
     cells = build_cells(groups, clusters, rewards, losses)
@@ -180,9 +188,11 @@ def rank_generators(
             for name, values in (("car", boot_car), ("reward", boot_reward), ("base_loss", boot_loss)):
                 table[f"{name}_low"] = np.nanpercentile(values, tail, axis=0)
                 table[f"{name}_high"] = np.nanpercentile(values, 100 - tail, axis=0)
-        filled = np.where(np.isnan(boot_car), -np.inf, boot_car)
-        table["p_best"] = np.bincount(filled.argmax(axis=1), minlength=len(cells.groups)) / n_bootstrap
-        ranks = (-filled).argsort(axis=1).argsort(axis=1) + 1
+        from scipy.stats import rankdata
+
+        table["p_best"] = p_best(boot_car)
+        # Tied generators share the better rank, as the point ranks do (method "min").
+        ranks = rankdata(-np.where(np.isnan(boot_car), -np.inf, boot_car), method="min", axis=1)
         table["rank_low"] = np.percentile(ranks, tail, axis=0, method="lower").astype(int)
         table["rank_high"] = np.percentile(ranks, 100 - tail, axis=0, method="higher").astype(int)
     table["ppl"] = np.exp(mean_loss)
@@ -201,10 +211,27 @@ def rank_generators(
     return table
 
 
+def p_best(boot: np.ndarray) -> np.ndarray:
+    """Per generator, the share of bootstrap resamples (rows of ``boot``, [B, G] CAR draws) in which it is the best.
+
+    Generators tied for the highest CAR in a resample share it equally (two exactly tied teachers get 0.5 each,
+    not 1 and 0 by their order); NaN (no scored row in that resample) is never the best, and a resample in
+    which no generator has a CAR counts for none, so the shares sum to 1 whenever every resample has one.
+
+    Example:
+        >>> p_best(np.array([[1.0, 1.0, 0.0], [2.0, 1.0, np.nan]])).tolist()
+        [0.75, 0.25, 0.0]
+    """
+    filled = np.where(np.isnan(boot), -np.inf, np.asarray(boot, dtype=float))
+    top = filled.max(axis=1, keepdims=True)
+    best = (filled == top) & np.isfinite(top)
+    return (best / np.maximum(best.sum(axis=1, keepdims=True), 1)).sum(axis=0) / max(len(filled), 1)
+
+
 def _rank_surprisal(frame: pd.DataFrame, by: str, losses: np.ndarray, groups: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Per generator: mean ``base_rank`` and RSR = mean ``base_rank`` / mean loss, both over the rows where rank
     and loss are finite (a ratio of means, as the RSR paper pools tokens, not a mean of per-row ratios)."""
-    rank = pd.to_numeric(frame["base_rank"], errors="coerce").to_numpy(dtype=float)
+    rank = check_numbers(frame["base_rank"], "base_rank", names=frame.index, kind="rank")
     finite = np.isfinite(rank) & np.isfinite(losses)
     pooled = pd.DataFrame({"g": frame[by].to_numpy()[finite], "rank": rank[finite], "loss": losses[finite]})
     means = pooled.groupby("g", sort=False).mean().reindex(groups)

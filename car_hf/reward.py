@@ -26,11 +26,11 @@ import torch
 
 from . import formats
 from ._version import __version__
-from .batching import model_batches
-from .car import check_rewards
+from .batching import model_batches, to_device
 from .config import CARConfig, import_object
 from .errors import ConfigError, InputError
 from .formats import Example, Rendered
+from .inputs import check_numbers
 from .transform import ModelTransform, row_names, split_map_args
 
 DEFAULT_REWARD_MODEL = "Skywork/Skywork-Reward-V2-Qwen3-0.6B"
@@ -59,18 +59,18 @@ def reward_scores(
     """Reward of each token sequence, batched by length; order preserved.
 
     Right padding: the model pools the last non-pad token, which is the same token with or without
-    padding, so batched scores equal one-at-a-time scores.
+    padding, so batched scores equal one-at-a-time scores. Scores stay on the device until all batches are done:
+    one transfer back per call, not one host sync per row.
     """
     device = next(model.parameters()).device
-    scores = [float("nan")] * len(sequences)
+    scores = torch.full((len(sequences),), math.nan, dtype=torch.float32, device=device)
     with torch.inference_mode():
         for members, input_ids, attention_mask in model_batches(
             [s.ids for s in sequences], pad_id, device, batch_tokens=batch_tokens, max_rows=max_rows
         ):
             values = _pooled_scores(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False))
-            for row, i in enumerate(members):
-                scores[i] = float(values[row])
-    return scores
+            scores.index_copy_(0, to_device(torch.tensor(members, dtype=torch.long), device), values)
+    return scores.tolist()
 
 
 class RewardScorer(ModelTransform):
@@ -81,6 +81,12 @@ class RewardScorer(ModelTransform):
 
     kind = "reward"
     revision_field = "reward_model_revision"
+
+    def score_features(self, columns: Sequence[str] = ()) -> dict[str, Any]:
+        """The columns :meth:`score` adds and their types (a 0-row dataset gets them: :func:`car_hf.data.map_scores`)."""
+        from datasets import Value
+
+        return {"reward": Value("float64"), "reward_truncated": Value("bool")}
 
     def score(self, model: Any, tokenizer: Any, examples: list[Example | None]) -> dict[str, list[Any]]:
         rendered = [self.render(e, tokenizer) if e is not None else Rendered([], 0, False) for e in examples]
@@ -165,6 +171,12 @@ class RewardFunctionScorer:
         target = self.function if inspect.isfunction(self.function) else type(self.function)
         return f"{target.__module__}.{target.__qualname__}"
 
+    def score_features(self, columns: Sequence[str] = ()) -> dict[str, Any]:
+        """The column this scorer adds and its type (a 0-row dataset gets it: :func:`car_hf.data.map_scores`)."""
+        from datasets import Value
+
+        return {"reward": Value("float64")}
+
     def describe(self) -> dict[str, Any]:
         """What a card records: the function's qualified name."""
         return {"id": f"function:{self.name}", "revision": None}
@@ -208,8 +220,9 @@ class RewardFunctionScorer:
             if values is None or len(values) != len(todo):
                 raise InputError(f"reward function {self.name} returned {0 if values is None else len(values)} "
                                  f"values for {len(todo)} rows; it must return one per completion")
-            for i, value in zip(todo, values):
-                rewards[i] = check_rewards([value], [names[i]], f"reward function {self.name}")[0]
+            checked = check_numbers(values, f"reward function {self.name}", names=[names[i] for i in todo])
+            for i, value in zip(todo, checked.tolist()):
+                rewards[i] = value
         return {"reward": rewards}
 
 

@@ -13,7 +13,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from ._version import __version__
-from .car import check_rewards, example_car, transform_rewards
+from .car import example_car, transform_rewards
 from .config import POINTWISE_TRANSFORMS, CARConfig
 from .errors import ConfigError
 
@@ -77,33 +77,66 @@ class CARScorer:
     def scoring_config(self) -> dict[str, Any]:
         """What a card or a leaderboard must record about how the columns were made: :meth:`CARConfig.record`
         with the models as they were actually loaded."""
-        base = self.loss.model.describe()
-        record = self.config.record() | {"base_model": base.get("id"), "base_model_revision": base.get("revision")}
+        base = self.loss.describe()  # with the dtype the model is loaded in
+        record = self.config.record() | {"base_model": base.get("id"), "base_model_revision": base.get("revision"),
+                                         "base_model_dtype": base.get("dtype")}
         if self.reward is not None:
             described = self.reward.describe()
-            record |= {"reward_model": described.get("id"), "reward_model_revision": described.get("revision")}
+            record |= {"reward_model": described.get("id"), "reward_model_revision": described.get("revision"),
+                       "reward_model_dtype": described.get("dtype")}
         else:
             record |= {"reward_model": None, "reward_column": self.config.reward_column or "reward"}
         return record
 
+    def reward_source(self, columns: Sequence[str]) -> str | None:
+        """The column this scorer copies rewards from, for data with ``columns``; None when a model scores.
+
+        The bare use (no reward model, no ``reward_column``) reads an existing ``reward`` column, else scores
+        with :data:`car_hf.reward.DEFAULT_REWARD_MODEL`.
+        """
+        if self.reward is not None:
+            return None
+        if self.config.reward_column is not None:
+            return self.config.reward_column
+        return "reward" if "reward" in columns else None
+
+    def score_features(self, columns: Sequence[str]) -> Any:
+        """The columns this scorer adds to data with ``columns``, typed as scoring writes them (what a 0-row
+        dataset gets from :func:`car_hf.data.map_scores`, since ``Dataset.map`` never calls a function on no rows)."""
+        from datasets import Features, Value
+
+        from .reward import DEFAULT_REWARD_MODEL, RewardScorer
+
+        features = dict(self.loss.score_features(columns))
+        if self.reward_source(columns) is not None:
+            features["reward"] = Value("float64")
+        else:
+            reward = self.reward or RewardScorer(DEFAULT_REWARD_MODEL, config=self.config)  # built, never loaded
+            features |= reward.score_features(columns)
+        if self.per_row_car:
+            features["car"] = Value("float64")
+        return Features(features)
+
     def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
+        from .inputs import check_numbers, need_column
         from .transform import row_names, split_map_args
 
-        out = self.loss(batch, *args)
         names = row_names(batch, split_map_args(args)[0])
-        if self.reward is None and self.config.reward_column is None and "reward" not in batch:
-            # Bare use without a reward column: score with the default reward model.
-            from .reward import DEFAULT_REWARD_MODEL, RewardScorer
+        column = self.reward_source(list(batch.keys()))
+        if self.reward is None and self.config.reward_column is not None:
+            need_column(column, list(batch.keys()), "reward_column: rewards of each row")
+        # Checked before the model pass (on the first batch: before any model loads), not after it.
+        rewards = check_numbers(batch[column], column, names=names) if column is not None else None
+        out = self.loss(batch, *args)
+        if rewards is not None:
+            out["reward"] = rewards.tolist()
+        else:
+            if self.reward is None:  # bare use without a reward column: the default reward model
+                from .reward import DEFAULT_REWARD_MODEL, RewardScorer
 
-            self.reward = RewardScorer(DEFAULT_REWARD_MODEL, config=self.config)
-        if self.reward is not None:
+                self.reward = RewardScorer(DEFAULT_REWARD_MODEL, config=self.config)
             out |= self.reward(batch, *args)
             column = "reward"
-        else:
-            column = self.config.reward_column or "reward"
-            if column not in batch:
-                raise KeyError(f"reward column {column!r} is missing; the dataset has columns {list(batch.keys())}")
-            out["reward"] = check_rewards(batch[column], names, column)
         if not self.per_row_car:
             return out
         rewards, _ = transform_rewards(out["reward"], self.config.reward_transform, names=names, column=column)
@@ -143,7 +176,11 @@ def add_car(batch: Any = None, /, *args: Any, **kwargs: Any) -> Any:
         config: a :class:`~car_hf.CARConfig`; keywords override its fields.
 
     Adds ``reward``, ``base_loss``, ``base_loss_tokens``, ``base_loss_truncated``, ``car`` (and
-    ``reward_truncated`` when a reward model scores). Missing rewards (None/NaN) give NaN CAR.
+    ``reward_truncated`` when a reward model scores). Missing rewards (None/NaN) give NaN CAR; a reward that is
+    text (even ``"0.6"``) or ±inf, and a missing reward or response column, are an InputError naming the row and
+    the column, raised before the batch's model pass (:func:`car_hf.inputs.check_numbers`). ``Dataset.map`` never
+    calls a function on 0 rows, so a 0-row dataset gets no columns from it; :func:`car_hf.data.map_scores` (the
+    CLI's, the recipes' and ``rank_adaptive``'s way to score) adds them, typed (:meth:`CARScorer.score_features`).
 
     Example:
         >>> from datasets import Dataset

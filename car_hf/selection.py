@@ -46,6 +46,7 @@ from .car import example_car, transform_rewards
 from .cards import leaderboard_markdown
 from .config import REWARD_TRANSFORMS
 from .errors import ConfigError
+from .inputs import check_numbers
 from .ranking import _table_frame, rank_generators
 
 logger = logging.getLogger(__name__)
@@ -155,27 +156,28 @@ class CARFilter(SelectionCallback):
         """Read the scored columns of ``dataset`` and decide which rows to keep.
 
         Raises:
-            KeyError: a needed column is missing (the message lists those present).
+            InputError: a needed column is missing (the message lists those present), or a reward or loss is
+                text or ±inf (:func:`car_hf.inputs.check_numbers`: the message names the row and the column).
             ValueError: the selection keeps no row.
         """
         likeliest = self.keep == "likeliest"
-        needed = [self.reward_column] if not likeliest or self.min_reward is not None else []
-        needed += [self.loss_column] + ([self.group_by] if self.group_by else [])
-        frame = _table_frame(dataset, needed + [self.by])
-        for column in needed:
-            if column not in frame.columns:
-                raise KeyError(f"column {column!r} is missing; the dataset has columns {list(frame.columns)}")
-        losses = frame[self.loss_column].to_numpy(dtype=float)
+        needed = {self.reward_column: "reward_column: rewards of each row"} \
+            if not likeliest or self.min_reward is not None else {}
+        needed |= {self.loss_column: "loss_column: base-model loss of each row"}
+        needed |= {self.group_by: "group_by: the groups of a per-group selection"} if self.group_by else {}
+        frame = _table_frame(dataset, [*needed, self.by], needed)
+        losses = check_numbers(frame[self.loss_column], self.loss_column, names=frame.index, kind="loss")
         if likeliest:
             score = -losses  # the most likely response first; NaN (no finite loss) is never kept
             if self.min_reward is not None:
-                rewards = pd.to_numeric(frame[self.reward_column], errors="coerce").to_numpy(dtype=float)
+                rewards = check_numbers(frame[self.reward_column], self.reward_column, names=frame.index)
                 below = ~(rewards >= self.min_reward)  # a NaN reward does not pass
                 score = np.where(below, np.nan, score)
             self.transform_record_ = {"reward_transform": None}  # min_reward reads the raw column
         else:
-            raw = frame[self.reward_column].to_numpy(dtype=float)
-            _, self.transform_record_ = transform_rewards(raw, self.reward_transform, column=self.reward_column)
+            raw = check_numbers(frame[self.reward_column], self.reward_column, names=frame.index)
+            _, self.transform_record_ = transform_rewards(raw, self.reward_transform, names=frame.index,
+                                                          column=self.reward_column)
             score = self._car(raw, losses)
         finite = np.isfinite(score)
         # Best first; among equals the earlier row (lexsort: last key is primary).
@@ -233,7 +235,10 @@ class CARFilter(SelectionCallback):
             raise RuntimeError("a per-group selection needs row indices: filter(..., with_indices=True) after .fit(dataset)")
         if self.cutoff_ is None or (self.reward_transform in ("minmax", "shift") and self.transform_record_ is None):
             raise RuntimeError("CARFilter is not fitted: call .fit(dataset) first (or use .apply(dataset))")
-        car = self._car(batch[self.reward_column], batch[self.loss_column])
+        names = [f"{i} of this filter batch (filter with with_indices=True for dataset row numbers)"
+                 for i in range(len(batch[self.loss_column]))]
+        rewards = check_numbers(batch[self.reward_column], self.reward_column, names=names)
+        car = self._car(rewards, check_numbers(batch[self.loss_column], self.loss_column, names=names, kind="loss"))
         return (np.isfinite(car) & (car >= self.cutoff_)).tolist()
 
 
@@ -260,9 +265,6 @@ def select_generator(
         >>> name, len(rows)
         ('b', 2)
     """
-    columns = dataset.column_names if hasattr(dataset, "column_names") else list(dataset)
-    if by not in columns:
-        raise KeyError(f"select_generator needs a generator column {by!r}; the dataset has columns {list(columns)}")
     table = rank_generators(dataset, by=by, beta=beta, reward_transform=reward_transform, **rank_options)
     best = table[by].iloc[0]
     rows = dataset.filter(lambda values: [v == best for v in values], input_columns=by, batched=True)
@@ -340,8 +342,9 @@ def select(
     Raises:
         ConfigError: an unknown mode, or a value that does not fit it (:func:`check_selection`), a negative
             beta or an unknown reward transform; checked before any data is read.
-        KeyError: a needed column is missing (the message lists those present).
-        ValueError: the selection keeps no row, or the rewards do not fit the transform.
+        InputError: a needed column is missing (the message lists those present), or a reward or loss is text
+            or ±inf (naming the row and the column), or rewards are negative under ``reward_transform="raise"``.
+        ValueError: the selection keeps no row.
 
     Example:
         >>> from datasets import Dataset

@@ -44,10 +44,10 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .car import transform_rewards
-from .ranking import Cells, bootstrap_car, build_cells
+from .inputs import check_numbers
+from .ranking import Cells, _table_frame, bootstrap_car, build_cells
 
 TARGETS = ("top1", "ranking")
 CORRECTIONS = ("bonferroni", "none")
@@ -70,14 +70,18 @@ def instruction_cells(
     """The (generator x instruction) sums the paired bootstrap resamples, as :func:`rank_generators` builds them.
 
     ``data``: a DataFrame, a ``datasets.Dataset`` or a dict of columns with ``by``, ``instruction_column``,
-    ``reward_column`` and ``loss_column``. The reward transform is applied over the rows given.
+    ``reward_column`` and ``loss_column``. The reward transform is applied over the rows given. Rewards and
+    losses follow the bad-input policy (:func:`car_hf.inputs.check_numbers`: None/NaN left out of the means,
+    text or ±inf an InputError naming the row — the frame's index — and the column), as in
+    :func:`~car_hf.ranking.rank_generators`; a missing column is an InputError listing those present.
     """
-    if hasattr(data, "select_columns"):
-        data = data.select_columns([by, instruction_column, reward_column, loss_column]).to_pandas()
-    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
-    raw = pd.to_numeric(frame[reward_column], errors="coerce").to_numpy(dtype=float)
-    rewards, _ = transform_rewards(raw, reward_transform, column=reward_column)
-    losses = pd.to_numeric(frame[loss_column], errors="coerce").to_numpy(dtype=float)
+    columns = [by, instruction_column, reward_column, loss_column]
+    roles = ["by: the generator of each row", "instruction_column: pairs rows across generators",
+             "reward_column: rewards of each row", "loss_column: base-model loss of each row"]
+    frame = _table_frame(data, columns, dict(zip(columns, roles)))
+    raw = check_numbers(frame[reward_column], reward_column, names=frame.index)
+    rewards, _ = transform_rewards(raw, reward_transform, names=frame.index, column=reward_column)
+    losses = check_numbers(frame[loss_column], loss_column, names=frame.index, kind="loss")
     return build_cells(frame[by].tolist(), frame[instruction_column].tolist(), rewards, losses)
 
 

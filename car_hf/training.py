@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import ScoreCache, scoring_key
+from .cache import ScoreCache, rows_digest, scoring_key
 from .config import CARConfig
 from .errors import ConfigError, InputError
 from .formats import Layout, has_chat_template, row_example, sft_record
@@ -124,8 +124,9 @@ def score_for_training(ds: Any, config: CARConfig, training_args: Any, batch_siz
 
     scorer = scorer_for_ranking(config)
     cache = ScoreCache(Path(training_args.output_dir) / SCORES_FOLDER, scoring_key(scorer, ds))
+    inputs = rows_digest(ds)  # the scores verify against the rows they were computed from
     with training_args.main_process_first(local=False, desc="CAR scoring"):
-        loaded = cache.load("scored")
+        loaded = cache.load("scored", inputs=inputs)
         if loaded is not None:
             logger.info("reusing CAR scores from %s (%d rows)", cache.folder, len(loaded[0]))
             return loaded[0], loaded[1]["scoring"]
@@ -134,11 +135,11 @@ def score_for_training(ds: Any, config: CARConfig, training_args: Any, batch_siz
         logger.info("%s; scoring %d rows with %r", cache.describe_miss(), len(ds), scorer)
         scored = map_scores(ds, scorer, batch_size=batch_size, desc=f"CAR scoring with {config.base_model}")
         record = scorer.scoring_config()
-        cache.save("scored", scored, meta={"scoring": record})
+        cache.save("scored", scored, meta={"scoring": record}, inputs=inputs)
         del scorer
         clear_model_cache()  # the trainer loads its own copy of the model
         gc.collect()
-        return cache.load("scored")[0], record
+        return cache.require("scored", inputs=inputs)[0], record
 
 
 def warn_if_scored_for_another_model(dataset_name: str, base_model: str, max_length: int | None) -> None:
@@ -223,6 +224,12 @@ def merge_lora(adapter_dir: str | os.PathLike, target: str | os.PathLike, *, bas
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        # transformers' save_pretrained writes on global rank 0 only: elsewhere it would leave a folder without weights.
+        raise RuntimeError(f"merge_lora runs on rank 0 only (rank {dist.get_rank()} asked to merge {adapter_dir}): "
+                           "save_pretrained writes nothing on the other ranks")
     adapter_dir, target = Path(adapter_dir), Path(target)
     if base_model is None:  # as peft's AutoPeftModelForCausalLM: the base model and revision the adapter names
         config = PeftConfig.from_pretrained(str(adapter_dir))

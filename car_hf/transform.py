@@ -71,6 +71,15 @@ class ModelRef:
             return {"id": "<model object>", "fingerprint": self.fingerprint}
         return models.describe_model(self.spec) | {"revision": self.revision}
 
+    def dtype(self, dtype: Any, device: Any) -> str | None:
+        """The dtype :meth:`load` loads in with these options, without loading (:func:`car_hf.models.loaded_dtype`);
+        ``None`` for a model object this process does not hold."""
+        spec = self.spec if self.spec is not None else _LIVE.get(self.fingerprint)
+        if spec is None:
+            return None
+        return models.loaded_dtype(spec, dtype=dtype, device=device, revision=self.revision,
+                                   trust_remote_code=self.trust_remote_code)
+
     def __repr__(self) -> str:
         return f"ModelRef({self.spec or self.fingerprint!r}, kind={self.kind!r})"
 
@@ -145,8 +154,9 @@ class ModelTransform:
         return self.model
 
     def describe(self) -> dict[str, Any]:
-        """What a card records about the model: ``{"id", "revision", ...}``."""
-        return self.model.describe()
+        """What a card records about the model: ``{"id", "revision", "dtype", ...}`` (``dtype``: the one it is loaded in
+        on this transform's device, e.g. float32 for a Gemma that ``dtype="auto"`` keeps out of float16)."""
+        return self.model.describe() | {"dtype": self.model.dtype(self.config.score_dtype, self.config.score_device)}
 
     def cache_identity(self) -> dict[str, Any]:
         """What this transform's values depend on, for :func:`car_hf.cache.scoring_key`."""
@@ -174,8 +184,8 @@ class ModelTransform:
 
     def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
         indices, rank = split_map_args(args)
-        model, tokenizer = self.load(rank)
         config = self.config
+        # The columns first: a missing response column is reported before any model loads, not after.
         layout = formats.detect_layout(list(batch.keys()), messages=config.messages_column,
                                        prompt=config.prompt_column, response=config.response_column)
         examples: list[formats.Example | None] = []
@@ -186,6 +196,7 @@ class ModelTransform:
                     raise InputError(f"row {row}, column {layout.response!r}: the response is empty")
                 example = None
             examples.append(example)
+        model, tokenizer = self.load(rank)
         return self.score(model, tokenizer, examples)
 
     def render(self, example: formats.Example, tokenizer: Any) -> formats.Rendered:

@@ -46,7 +46,7 @@ from typing import Any
 import pandas as pd
 
 from .adaptive import AdaptiveResult
-from .cache import ScoreCache, scorer_identity, scoring_key
+from .cache import ScoreCache, rows_digest, scorer_identity, scoring_key
 from .data import map_scores
 from .errors import ConfigError
 from .ranking import rank_generators
@@ -211,21 +211,26 @@ def rank_teachers(
         """Teacher ``k``'s scored answers to the instructions at positions [lo, hi) of the order (cached)."""
         rows, part = order[lo:hi], f"instructions-{lo:05d}-{hi:05d}"
         generated_cache, scored_cache = caches.get(labels[k], (None, None))
-        if scored_cache is not None and scored_cache.has(part):
-            return scored_cache.load(part)[0], False
-        loaded = generated_cache.load(part) if generated_cache is not None else None
+        # Responses verify against the instructions they answer, scores against the responses they score: a part
+        # copied from another teacher or position, or damaged, is computed again.
+        asked = rows_digest(instructions.select(rows), rows) if generated_cache is not None else None
+        loaded = generated_cache.load(part, inputs=asked) if generated_cache is not None else None
         fresh = loaded is None
         if fresh:
             generated = map_scores(instructions.select(rows), generators[k], rows=rows, batch_size=batch_size,
                                    desc=f"{labels[k]}: answering {len(rows)} instructions")
             if generated_cache is not None:
-                generated_cache.save(part, generated)
+                generated_cache.save(part, generated, inputs=asked)
         else:
             generated = loaded[0]
+        answers = rows_digest(generated, rows) if scored_cache is not None else None
+        loaded = scored_cache.load(part, inputs=answers) if scored_cache is not None else None
+        if loaded is not None:
+            return loaded[0], fresh
         scored = map_scores(generated, scorer, rows=rows, batch_size=batch_size, desc=f"scoring {labels[k]}")
         scored = scored.add_column("generator", [labels[k]] * len(rows))
         if scored_cache is not None:
-            scored_cache.save(part, scored)
+            scored_cache.save(part, scored, inputs=answers)
         return scored, fresh
 
     parts: list[tuple[Any, list[int]]] = []

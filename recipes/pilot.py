@@ -18,6 +18,8 @@ and ``output_dir`` gets ``report.md``, ``report.json``, ``teachers.csv``, ``spea
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 
 from car_hf import ConfigError, InputError, ModelLoadError
@@ -28,12 +30,16 @@ def make_parser():
     return pilot_parser()
 
 
-def main(args, scorers, generation, training_args, model_args):
-    return pilot_from_arguments(args, scorers, generation, training_args, model_args)
+def main(args, scorers, generation, training_args, model_args, rerun=None):
+    return pilot_from_arguments(args, scorers, generation, training_args, model_args, rerun=rerun)
 
 
 if __name__ == "__main__":
+    # Under accelerate launch the command to re-run is the launcher's, which this process cannot see.
+    rerun = None if "WORLD_SIZE" in os.environ else shlex.join(["python", *sys.argv])
     try:
-        main(*make_parser().parse_args_and_config())
+        report = main(*make_parser().parse_args_and_config(), rerun=rerun)
     except (ConfigError, InputError, ModelLoadError) as error:
         sys.exit(f"pilot.py: error: {error}")
+    if report is not None:  # the main process: the report, once
+        print(report.to_markdown())

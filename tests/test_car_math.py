@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from car_hf import compatibility_adjusted_reward, fit_beta, rank_generators, spearman_table, transform_rewards
-from car_hf.car import check_rewards, example_car
+from car_hf import InputError, compatibility_adjusted_reward, fit_beta, rank_generators, spearman_table, transform_rewards
+from car_hf.car import example_car
+from car_hf.inputs import check_numbers
 
 
 def test_dataset_level_car_is_mean_reward_over_one_plus_beta_mean_loss():
@@ -48,12 +49,12 @@ def test_reward_transforms_values_and_records():
 def test_example_car_and_reward_column_checks():
     assert example_car([0.5, 1.0], [1.0, math.nan], 1.0)[0] == 0.25
     assert math.isnan(example_car([0.5, 1.0], [1.0, math.nan], 1.0)[1])
-    assert check_rewards([0.5, None, 2], [0, 1, 2], "judge")[0] == 0.5
-    assert math.isnan(check_rewards([0.5, None, 2], [0, 1, 2], "judge")[1])
-    with pytest.raises(ValueError, match="row 7, column 'judge': the reward is infinite"):
-        check_rewards([math.inf], [7], "judge")
-    with pytest.raises(ValueError, match="row 3, column 'judge': a reward must be a number"):
-        check_rewards(["good"], [3], "judge")
+    assert check_numbers([0.5, None, 2], "judge")[0] == 0.5
+    assert math.isnan(check_numbers([0.5, None, 2], "judge")[1])
+    with pytest.raises(InputError, match="row 7, column 'judge': the reward is infinite"):
+        check_numbers([math.inf], "judge", names=[7])
+    with pytest.raises(InputError, match="row 3, column 'judge': a reward must be a number"):
+        check_numbers(["good"], "judge", names=[3])
 
 
 def _scored_frame(n_instructions=40, seed=0):
@@ -110,7 +111,8 @@ def test_bootstrap_intervals_cover_the_estimate_and_p_best_is_a_distribution():
 
 def test_rank_generators_errors_name_the_column():
     frame = _scored_frame(3)
-    with pytest.raises(KeyError, match="'judge'"):
+    with pytest.raises(InputError, match=r"column 'judge' \(reward_column: rewards of each row\) is missing; "
+                                         r"the dataset has columns \['instruction_id', 'generator', 'reward'"):
         rank_generators(frame, reward_column="judge")
     frame.loc[2, "reward"] = -1.0
     with pytest.raises(ValueError, match="negative"):

@@ -51,7 +51,7 @@ def test_add_car_with_a_reward_model_and_sigmoid(tokenizer, causal_lm, reward_mo
 def test_negative_reward_raises_naming_row_and_column(tokenizer, causal_lm):
     ds = Dataset.from_list(tiny.sample_rows(2, 2)).map(lambda r, i: {"skywork": -1.0 if i == 2 else 0.5},
                                                        with_indices=True)
-    with pytest.raises(ValueError, match=r"column 'skywork' \(rows \[2\]\).*sigmoid"):
+    with pytest.raises(InputError, match=r"column 'skywork' has 1 negative reward\(s\) \(rows \[2\]\).*sigmoid"):
         ds.map(add_car(base_model=(causal_lm, tokenizer), reward_column="skywork"), batched=True, with_indices=True)
     with pytest.raises(ValueError, match="rank_generators"):
         add_car(base_model=(causal_lm, tokenizer), reward_column="skywork", reward_transform="minmax")
@@ -68,7 +68,7 @@ def test_missing_and_infinite_rewards(tokenizer, causal_lm):
     with pytest.raises(ValueError, match=r"row 1, column 'judge_preference': the reward is infinite"):
         Dataset.from_list(rows).map(add_car(base_model=(causal_lm, tokenizer), reward_column="judge_preference"),
                                     batched=True, with_indices=True)
-    with pytest.raises(KeyError, match="reward column 'judge' is missing"):
+    with pytest.raises(InputError, match=r"column 'judge' \(reward_column: rewards of each row\) is missing"):
         Dataset.from_list(rows).map(add_car(base_model=(causal_lm, tokenizer), reward_column="judge"), batched=True)
 
 
@@ -97,3 +97,27 @@ def test_reward_empty_response_is_nan_and_truncation_flagged(tokenizer, reward_m
     assert math.isnan(scored[0]["reward"]) and scored["reward_truncated"] == [False, True]
     with pytest.raises(InputError, match="row 0, column 'output': the response is empty"):
         ds.map(add_reward((reward_model, tokenizer), empty_response="raise"), batched=True, with_indices=True)
+
+
+@pytest.mark.parametrize("make", ["add_car", "add_car_reward_model", "add_base_loss", "add_reward", "reward_function"])
+def test_a_0_row_dataset_gets_the_score_columns_with_their_types(make, tokenizer, causal_lm, reward_model):
+    from car_hf import add_base_loss
+    from car_hf.data import map_scores
+
+    def answer_length(prompts, completions, **columns):
+        return [float(len(c)) for c in completions]
+
+    scorer = {"add_car": lambda: add_car(base_model=(causal_lm, tokenizer), reward_column="judge_preference"),
+              "add_car_reward_model": lambda: add_car(base_model=(causal_lm, tokenizer), ifd=True,
+                                                      reward_model=(reward_model, tokenizer), reward_transform="sigmoid"),
+              "add_base_loss": lambda: add_base_loss((causal_lm, tokenizer), ifd=True),
+              "add_reward": lambda: add_reward((reward_model, tokenizer)),
+              "reward_function": lambda: add_reward(answer_length)}[make]()
+    ds = Dataset.from_list(tiny.sample_rows(2, 2))
+    scored = map_scores(ds, scorer)
+    empty = map_scores(ds.select([]), scorer)
+    assert len(empty) == 0 and empty.features == scored.features  # the same columns, types and order
+    assert set(scored.column_names) - set(ds.column_names) <= set(empty.column_names)
+    if make.startswith("add_car"):  # ranked downstream: no KeyError, a clear word instead
+        with pytest.raises(InputError, match="the data has no rows: there is nothing to rank"):
+            rank_generators(empty)

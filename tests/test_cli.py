@@ -70,7 +70,8 @@ def test_bad_input_errors_name_columns(tmp_path, data_file, tiny_model_dir, caps
                      _one_error_line(capsys, "rank"))
     assert main(["score", str(data_file), "--base-model", str(tiny_model_dir), "--reward-column", "judge",
                  "-o", str(tmp_path / "x.parquet")]) == 2
-    assert "car-hf score: error: reward column 'judge' is missing" in _one_error_line(capsys, "score")
+    assert "car-hf score: error: column 'judge' (reward_column: rewards of each row) is missing" in \
+        _one_error_line(capsys, "score")
     assert main(["push", str(tmp_path), "me/x", "--dry-run", str(tmp_path / "y")]) == 2
     assert "scored is missing" in _one_error_line(capsys, "push")
 

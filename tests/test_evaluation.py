@@ -91,9 +91,8 @@ def test_evaluate_student_with_a_metric_and_a_reward_function(tiny_model_dir, he
     items = result.items
     assert len(items) == 12 and {"response", "response_truncated", "correct", "reward", "answer"} <= set(items.columns)
     assert result.summary["accuracy"]["n"] == 12 and result.summary["accuracy"]["mean"] == items["correct"].mean()
-    # The reward function is the same check as the metric: equal where the response is not empty (NaN there).
-    scored = items["reward"].notna()
-    assert (items.loc[scored, "reward"] == items.loc[scored, "correct"]).all()
+    # The reward function is the same check as the metric: equal on every item (an empty answer is 0 under both).
+    assert items["reward"].tolist() == items["correct"].tolist()
     assert result.scores("accuracy").tolist() == items["correct"].tolist()
     with pytest.raises(KeyError, match="measure 'win_rate' was not evaluated"):
         result.scores("win_rate")
@@ -202,3 +201,95 @@ def test_evaluate_recipe_compares_the_student_with_its_baseline(tmp_path, tiny_m
     with pytest.raises(ConfigError, match="a judge needs both judge_base_url and judge_model"):
         recipe.main(*recipe.make_parser().parse_args_and_config([
             "--model_name_or_path", "m", "--dataset_name", str(tmp_path / "heldout.jsonl"), "--judge_model", "j"]))
+
+
+# ------------------------------------------------------------------------------------------------ issue 19's pilot notes
+def test_an_empty_answer_scores_zero_and_is_counted_not_left_out(tiny_model_dir, heldout, hf_cache, monkeypatch):
+    from car_hf.engines import Generation
+    from car_hf.generate import ResponseGenerator
+
+    original = ResponseGenerator.generate
+
+    def every_other_empty(self, prompts, rows=None, rank=None, column="prompt"):
+        made = original(self, prompts, rows, rank, column)
+        return [Generation("", "stop", 1) if row % 2 else g for g, row in zip(made, rows)]
+
+    monkeypatch.setattr(ResponseGenerator, "generate", every_other_empty)
+    config = EvaluationConfig(generation=GENERATION, metric=ANSWER_MATCH, reward="car_hf.tasks:AnswerReward",
+                              n_bootstrap=0)
+    result = evaluate_student(str(tiny_model_dir), heldout, config)
+    items = result.items
+    assert items["empty_answer"].tolist() == [i % 2 == 1 for i in range(12)]
+    assert (items.loc[items["empty_answer"], ["correct", "reward"]] == 0.0).all().all()
+    for measure in ("accuracy", "reward"):  # every item counts: a student answering nothing is not spared
+        assert result.summary[measure]["n"] == 12 and result.summary[measure]["n_empty"] == 6
+    assert result.summary["reward"]["mean"] == items["reward"].sum() / 12
+
+
+def test_evaluation_identity_follows_the_reward_functions_source(tmp_path, monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "my_grader.py").write_text("def grade(prompts, completions, **columns):\n"
+                                           "    return [1.0 for _ in completions]\n")
+    import my_grader
+
+    before = EvaluationConfig(reward="my_grader:grade").identity()
+    (tmp_path / "my_grader.py").write_text("def grade(prompts, completions, **columns):\n"
+                                           "    return [0.0 for _ in completions]\n")
+    importlib.reload(my_grader)
+    after = EvaluationConfig(reward="my_grader:grade").identity()
+    assert before["reward"]["function"] == after["reward"]["function"] == "my_grader.grade"
+    assert before != after and before["reward"]["source"] != after["reward"]["source"]
+
+
+def test_answers_come_in_length_sorted_batches_with_progress_and_in_order(tiny_model_dir, heldout, hf_cache,
+                                                                          monkeypatch, capsys):
+    from car_hf.generate import ResponseGenerator
+
+    calls = []
+    original = ResponseGenerator.__call__
+
+    def recording(self, batch, *args):
+        calls.append([len(q) for q in batch["instruction"]])
+        return original(self, batch, *args)
+
+    monkeypatch.setattr(ResponseGenerator, "__call__", recording)
+    config = EvaluationConfig(generation=GENERATION, metric=ANSWER_MATCH, n_bootstrap=0, batch_rows=5)
+    batched = evaluate_student(str(tiny_model_dir), heldout, config, name="tiny")
+    assert [len(c) for c in calls] == [5, 5, 2]
+    flat = [n for c in calls for n in c]
+    assert flat == sorted(len(q) for q in heldout["instruction"])  # shortest prompts first, across batches
+    progress = capsys.readouterr().err
+    assert "answers of tiny: " in progress and all(f"{n}/12" in progress for n in (5, 10, 12))  # a step per batch
+    calls.clear()
+    whole = evaluate_student(str(tiny_model_dir), heldout, EvaluationConfig(generation=GENERATION, metric=ANSWER_MATCH,
+                                                                            n_bootstrap=0, batch_rows=100))
+    assert len(calls) == 1
+    assert batched.items["instruction"].tolist() == list(heldout["instruction"])  # the held-out order is kept
+    assert batched.items["response"].tolist() == whole.items["response"].tolist()
+
+
+def test_a_lora_student_is_merged_in_the_training_dtype(tmp_path, causal_lm, tokenizer):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from car_hf.evaluation import load_student
+
+    base = AutoModelForCausalLM.from_config(causal_lm.config)
+    base.load_state_dict(causal_lm.state_dict())
+    base.to(torch.bfloat16).save_pretrained(tmp_path / "base")  # a bf16 checkpoint, as most Hub bases are
+    tokenizer.save_pretrained(tmp_path / "base")
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")  # tuned in fp32
+    expected = lora.merge_and_unload().state_dict()["model.layers.0.self_attn.q_proj.weight"]
+
+    merged = AutoModelForCausalLM.from_pretrained(load_student(str(tmp_path / "adapter"), dtype="float32"))
+    weight = merged.state_dict()["model.layers.0.self_attn.q_proj.weight"]
+    assert weight.dtype == torch.float32 and torch.equal(weight, expected)  # not rounded to bf16 on the way
+    assert not torch.equal(expected.to(torch.bfloat16).float(), expected)  # (rounding would have changed it)
+    # Asking for another dtype merges again rather than reusing the fp32 merge.
+    again = AutoModelForCausalLM.from_pretrained(load_student(str(tmp_path / "adapter"), dtype="bfloat16"))
+    assert again.state_dict()["model.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16

@@ -392,3 +392,31 @@ def test_push_model_merges_the_trainer_card_and_skips_checkpoints(hub, tmp_path)
     assert text.count(CARD_BEGIN) == 1 and "3 / 12 (25.0%)" in text and "6 / 12" not in text
     assert ModelCard(text).data.library_name == "peft"
     assert len(hub.commits) == 1  # the dry run sent nothing
+
+
+@pytest.mark.parametrize("repo_id", ["me/alpaca car", "me/a/b", "me/x--y", "-me/x", "me/x.git"])
+def test_an_invalid_repo_id_is_refused_before_anything_is_written(repo_id, scored, tmp_path, capsys):
+    from car_hf.cli import main
+    from car_hf.data import write_ranking
+    from car_hf.errors import ConfigError
+
+    ds, table = scored
+    out = tmp_path / "dry"
+    with pytest.raises(ConfigError, match=rf"^repo_id {re.escape(repr(repo_id))} is not a Hub repo id: "):
+        push_dataset(ds, repo_id, leaderboard=table, dry_run=out)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is not a Hub repo id"):
+        push_model(model, repo_id, base_model="org/base", dry_run=True)
+    assert not (model / "README.md").exists() and not out.exists()
+    # The CLI: one line, exit status 2, for a ranking folder and a model folder alike; no dry-run folder made.
+    ranking = tmp_path / "ranking"
+    write_ranking(ranking, table, ds)
+    for folder in (ranking, model):
+        capsys.readouterr()
+        assert main(["push", "--dry-run", str(out), "--base-model", "org/base", "--", str(folder), repo_id]) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"car-hf push: error: repo_id {re.escape(repr(repo_id))} is not a Hub repo id: .+\n", err)
+        assert not out.exists()
+    assert car_hub.check_repo_id("me/alpaca-car.v2") == "me/alpaca-car.v2"

@@ -35,10 +35,10 @@ def test_scoring_inputs_name_the_column_and_the_option():
     with pytest.raises(InputError, match="column 'answer' .*missing"):
         check_scoring_inputs(ds, CARConfig(reward_column="judge_preference", response_column="answer"))
     text = ds.map(lambda r: {"stars": "five"})
-    with pytest.raises(InputError, match="'stars' must hold numbers.*string"):
+    with pytest.raises(InputError, match=r"row 0, column 'stars': a reward must be a number, got 'five' \(4 rows"):
         check_scoring_inputs(text, CARConfig(reward_column="stars"))
     negative = ds.map(lambda r, i: {"rm": -1.0 if i == 1 else 0.5}, with_indices=True)
-    with pytest.raises(InputError, match="'rm' has 1 negative reward"):
+    with pytest.raises(InputError, match=r"'rm' has 1 negative reward\(s\) \(rows \[1\]\).*reward_transform to sigmoid"):
         check_scoring_inputs(negative, CARConfig(reward_column="rm"))
     check_scoring_inputs(negative, CARConfig(reward_column="rm", reward_transform="sigmoid"))
 

@@ -271,3 +271,119 @@ def test_cli_pilot_with_seeds_averages_per_item_and_reuses_finished_seeds(tmp_pa
     # Usage errors are one line.
     assert main(["pilot", "--use_cpu", "--bf16", "false", "--no_such_option", "1"]) == 2
     assert "car-hf pilot: error: Some specified arguments are not used" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ issue 19's pilot notes
+def test_teachers_answering_different_instructions_train_on_the_shared_ones_and_say_so(tasks, caplog):
+    from car_hf.pilot_data import prompt_keys, training_rows
+
+    pool = scripted_pool(tasks)
+    pool = pool.filter(lambda r, i: not (r["generator"] == "all wrong" and i % N_TRAIN < 5), with_indices=True)
+    with caplog.at_level("WARNING", logger="car_hf.pilot"):
+        shared = training_rows(pool, list(LOSS), 30)
+    keys = {t: prompt_keys(rows) for t, rows in shared.rows.items()}
+    assert shared.skipped == 5 and all(len(k) == 30 for k in keys.values())
+    assert keys["right"] == keys["all wrong"] == keys["mostly right"]  # the same 30 instructions, in pool order
+    assert keys["right"][0] == prompt_keys(pool.select([5]))[0]  # the 5 that "all wrong" lacks are skipped
+    assert "skipping 5 that some teacher lacks (per teacher: {'all wrong': 5}" in caplog.text
+
+
+@pytest.mark.parametrize("content", ["", "\n", "[]"])
+def test_an_empty_heldout_file_is_refused_by_name(tmp_path, tasks, tiny_model_dir, no_training, content):
+    (tmp_path / "heldout.jsonl").write_text(content)
+    scripted_pool(tasks).to_json(tmp_path / "pool.jsonl")
+    args = pilot_recipe.make_parser().parse_args_and_config([
+        "--config", str(REPO / "recipes" / "configs" / "pilot_tiny_cpu.yaml"), "--model_name_or_path",
+        str(tiny_model_dir), "--dataset_name", str(tmp_path / "pool.jsonl"), "--heldout_name",
+        str(tmp_path / "heldout.jsonl"), "--output_dir", str(tmp_path / "pilot")])
+    with pytest.raises(InputError, match=r"heldout_name: the file '.*heldout.jsonl' has no rows"):
+        pilot_recipe.main(*args)
+
+
+GRADER = """def grade(prompts, completions, answer, **columns):
+    return [float(c.strip() == a) for c, a in zip(completions, answer)]
+"""
+
+
+def test_reward_function_pilot_names_its_measure_and_keys_its_caches_by_what_changes_students(
+        tmp_path, tasks, tiny_model_dir, hf_cache, monkeypatch, one_thread):
+    """A pool whose rewards are in a column `score`, a 0/1 grader as the only scorer: the report says "accuracy";
+    editing the grader re-evaluates (no retraining); weight decay retrains; logging options reuse everything."""
+    import importlib
+
+    from car_hf.pilot_report import PilotReport
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "pilot_grader.py").write_text(GRADER)
+    import pilot_grader
+
+    pool = scripted_pool(tasks).rename_column("reward", "score")
+    evaluation = EvaluationConfig(generation=TeacherConfig(max_new_tokens=4), reward="pilot_grader:grade",
+                                  n_bootstrap=50)
+    built, evaluated, saved = [], [], []
+    original_init, original_evaluate, original_save = trl.SFTTrainer.__init__, car_hf.pilot.evaluate_student, \
+        PilotReport.save
+    monkeypatch.setattr(trl.SFTTrainer, "__init__", lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
+    monkeypatch.setattr(car_hf.pilot, "evaluate_student",
+                        lambda *a, **k: evaluated.append(k["name"]) or original_evaluate(*a, **k))
+    monkeypatch.setattr(PilotReport, "save", lambda self, folder: saved.append(self.partial) or original_save(self, folder))
+
+    def pilot(**overrides):
+        built.clear(), evaluated.clear(), saved.clear()
+        training_args, model_args = budget(tmp_path, tiny_model_dir, **overrides)
+        return run_pilot(pool, heldout_of(tasks), training_args, model_args, evaluation, n_instructions=N_TRAIN,
+                         output_dir=tmp_path / "pilot", teachers=["right", "all wrong"], reward_column="score")
+
+    report = pilot()
+    assert len(built) == 2 and evaluated == [BASELINE, "right", "all wrong"]
+    assert report.measure == "reward" and report.name == "accuracy"
+    assert "## Pilot: predicted vs. realized (accuracy)" in (tmp_path / "pilot" / "report.md").read_text()
+    # The report was written after the first finished student (partial), then once more at the end.
+    assert saved == ["partial: 1 of 2 teachers evaluated so far (the pilot is running, or stopped: re-run it to "
+                     "finish)", None]
+    assert report.teachers.set_index("teacher").loc["right", "reward"] == 1.0  # CAR's reward from `score`
+
+    # Logging options change no student: everything reused.
+    pilot(logging_first_step=True, run_name="another name")
+    assert built == [] and evaluated == []
+    # An edited grader: the same students, evaluated again.
+    (tmp_path / "pilot_grader.py").write_text(GRADER.replace("float(c.strip() == a)", "float(a in c)"))
+    importlib.reload(pilot_grader)
+    pilot()
+    assert built == [] and evaluated == [BASELINE, "right", "all wrong"]
+    # Weight decay (or the optimizer, max_grad_norm, checkpointing, precision) changes the students: retrained.
+    pilot(weight_decay=0.1)
+    assert len(built) == 2 and evaluated == ["right", "all wrong"]  # the untuned student's evaluation is reused
+    pilot(weight_decay=0.1, max_grad_norm=0.5)
+    assert len(built) == 2
+
+
+def test_the_measure_can_be_named_and_a_stopped_pilot_keeps_its_students_and_says_how_to_resume(
+        tmp_path, tasks, tiny_model_dir, hf_cache, monkeypatch, one_thread, caplog):
+    training_args, model_args = budget(tmp_path, tiny_model_dir)
+    original = car_hf.pilot._train
+    calls = []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(car_hf.pilot, "_train", second_fails)
+    run = dict(n_instructions=N_TRAIN, output_dir=tmp_path / "pilot", teachers=["right", "all wrong"],
+               measure_name="exact match", rerun="car-hf pilot --config pilot.yaml")
+    with caplog.at_level("ERROR", logger="car_hf.pilot"), pytest.raises(RuntimeError, match="out of memory"):
+        run_pilot(scripted_pool(tasks), heldout_of(tasks), training_args, model_args, EVALUATION, **run)
+    assert ("the pilot stopped after 1 of 2 students were trained and evaluated; they are kept in "
+            f"{tmp_path / 'pilot' / 'cache'}") in caplog.text
+    assert "re-run `car-hf pilot --config pilot.yaml` to resume from there" in caplog.text
+    partial = (tmp_path / "pilot" / "report.md").read_text()
+    assert "**partial: 1 of 2 teachers evaluated so far" in partial and "`right`" in partial
+    assert "realized exact match [CI]" in partial
+
+    monkeypatch.setattr(car_hf.pilot, "_train", original)
+    report = run_pilot(scripted_pool(tasks), heldout_of(tasks), training_args, model_args, EVALUATION, **run)
+    assert report.cost["right"]["training_reused"] and report.cost["right"]["evaluation_reused"]
+    assert not report.cost["all wrong"]["training_reused"] and report.partial is None
+    assert "partial" not in (tmp_path / "pilot" / "report.md").read_text()

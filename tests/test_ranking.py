@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from car_hf import rank_generators, spearman_table
-from car_hf.ranking import BASELINES
+from car_hf.ranking import BASELINES, p_best
 
 
 def rows():
@@ -36,3 +36,18 @@ def test_spearman_table_counts_a_lower_rsr_as_better():
     assert result.loc["RSR", "direction"] == "lower" and result.loc["RSR", "rho"] == pytest.approx(1.0)
     assert {"Reward", "PPL-Self", "CAR", "RSR"} <= set(result.index)
     assert np.isfinite(table["car_low"]).all()
+
+
+def test_exactly_tied_generators_split_p_best_and_share_the_better_rank():
+    # b and c answer every instruction with the same reward and loss: tied in every resample.
+    rewards = {"a": [0.2, 0.3, 0.25, 0.2], "b": [0.9, 0.5, 0.7, 0.8], "c": [0.9, 0.5, 0.7, 0.8]}
+    data = {"generator": [g for g in "abc" for _ in range(4)], "instruction_id": list(range(4)) * 3,
+            "reward": [r for g in "abc" for r in rewards[g]], "base_loss": [1.0] * 12}
+    table = rank_generators(data, n_bootstrap=400).set_index("generator")
+    assert table["p_best"].to_dict() == {"b": 0.5, "c": 0.5, "a": 0.0}
+    assert table.loc[["b", "c"], "rank"].tolist() == [1, 1]
+    assert table.loc[["b", "c"], "rank_low"].tolist() == [1, 1] and table.loc[["b", "c"], "rank_high"].tolist() == [1, 1]
+    assert table.loc["a", "rank_low"] == 3  # two generators are ahead of it in every resample
+    # A tie in some resamples only: shared there, so the shares still sum to 1.
+    p = p_best(np.array([[1.0, 1.0, 0.0], [2.0, 1.0, np.nan], [np.nan, np.nan, np.nan]]))
+    assert p.tolist() == pytest.approx([0.5, 1 / 6, 0.0])  # the all-NaN resample names no best

@@ -11,7 +11,7 @@ from datasets import Dataset
 from car_hf import CARFilter, select_generator
 from car_hf.callbacks import read_selection_summary
 from car_hf.cards import CARD_BEGIN
-from car_hf.errors import ConfigError
+from car_hf.errors import ConfigError, InputError
 from car_hf.selection import SELECT_MODES, check_selection, select
 
 
@@ -85,7 +85,7 @@ def test_selection_errors_are_clear():
     ds = scored()
     with pytest.raises(ValueError, match="keeps 0 of 12 rows"):
         CARFilter(threshold=10.0).apply(ds)
-    with pytest.raises(KeyError, match="'judge'.*columns"):
+    with pytest.raises(InputError, match=r"column 'judge' \(reward_column: rewards of each row\) is missing.*columns"):
         CARFilter(top_k=1, reward_column="judge").fit(ds)
     with pytest.raises(RuntimeError, match="not fitted"):
         ds.filter(CARFilter(top_k=2), batched=True, with_indices=True)
@@ -93,7 +93,7 @@ def test_selection_errors_are_clear():
         CARFilter(top_k=1, threshold=0.1)
     with pytest.raises(ValueError, match="negative"):
         CARFilter(top_k=1).fit(ds.map(lambda r: {"reward": r["reward"] - 0.5}))
-    with pytest.raises(KeyError, match="generator column 'generator'"):
+    with pytest.raises(InputError, match=r"column 'generator' \(by: the generator of each row\) is missing"):
         select_generator(ds.remove_columns("generator"))
 
 
@@ -214,11 +214,11 @@ def test_select_refuses_a_mode_value_that_does_not_fit(mode, value, message):
 
 def test_select_data_errors():
     ds = scored()
-    with pytest.raises(KeyError, match=r"'generator'.*columns \['instruction_id', 'reward', 'base_loss'\]"):
+    with pytest.raises(InputError, match=r"'generator'.*columns \['instruction_id', 'reward', 'base_loss'\]"):
         select(ds.remove_columns("generator"), "generator", n_bootstrap=0)
-    with pytest.raises(KeyError, match="'uuid' is missing.*columns"):
+    with pytest.raises(InputError, match=r"'uuid' \(group_by: .*\) is missing.*columns"):
         select(ds, "best_of_n", group_by="uuid")
-    with pytest.raises(KeyError, match="'judge' is missing.*columns"):
+    with pytest.raises(InputError, match=r"'judge' \(reward_column: .*\) is missing.*columns"):
         select(ds, "top_k", 2, reward_column="judge")
     with pytest.raises(ValueError, match="keeps 0 of 12 rows"):
         select(ds, "threshold", 10.0)

@@ -1,9 +1,12 @@
-"""What every ``car-hf`` command shares: the parser (options from dataclass fields, one-line errors), the data and
-``datasets.map`` options, and the scoring options from :class:`~car_hf.CARConfig`.
+"""What every ``car-hf`` command shares: the parser (options from dataclass fields, both spellings of every option,
+one-line errors), the data and ``datasets.map`` options, and the scoring options from :class:`~car_hf.CARConfig`.
+
+Nothing here imports torch, transformers or datasets: ``car-hf --help`` builds every parser in a fraction of a
+second, and the commands import the stack when they run.
 
 Example:
     >>> parser = Parser([CARConfig], prog="car-hf score")
-    >>> config_from_args(parser.parse_args(["--beta", "0.5", "--score-max-length", "512"])).score_max_length
+    >>> config_from_args(parser.parse_args(["--beta", "0.5", "--score_max_length", "512"])).score_max_length
     512
 """
 
@@ -12,15 +15,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
+import typing
+from collections.abc import Sequence
 from typing import Any, NoReturn
-
-from transformers import HfArgumentParser
 
 from ..config import KEYWORD_ALIASES, CARConfig
 
 # The fields renamed with a score_ prefix (TRL owns the bare names): their old flags stay as hidden aliases.
 DEPRECATED_FLAGS = {f"--{old.replace('_', '-')}": field for old, field in KEYWORD_ALIASES.items()
                     if field == f"score_{old}"}
+
+SPELLINGS_NOTE = "Every option is also accepted with underscores for dashes (--max-examples or --max_examples)."
 
 
 class UsageError(Exception):
@@ -36,31 +42,123 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class Parser(HfArgumentParser):
-    """HfArgumentParser (options from dataclass fields) whose errors are one line, not the usage block and a line."""
+def other_spelling(option: str, known: typing.Container[str]) -> str:
+    """``option`` (``--name`` or ``--name=value``) with its name spelled as ``known`` has it: ``_`` and ``-`` swap.
 
-    def __init__(self, dataclass_types: Any = None, **kwargs: Any):
-        super().__init__(dataclass_types, formatter_class=HelpFormatter, **kwargs)
+    >>> other_spelling("--max_examples=5", {"--max-examples"}), other_spelling("--use-peft", {"--use_peft"})
+    ('--max-examples=5', '--use_peft')
+    """
+    name, equals, value = option.partition("=")
+    if not name.startswith("--") or name in known:
+        return option
+    for spelling in ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
+        if spelling in known:
+            return spelling + equals + value
+    return option
+
+
+class CommandLineMixin:
+    """What car-hf's parsers add to an ``argparse`` parser (its own, or TRL's for the pilot): each option under
+    both spellings, and one-line errors."""
+
+    prog: str
+    _option_string_actions: dict[str, argparse.Action]
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        # Every parse (a subcommand's included) passes here: rename each option to the spelling declared.
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)  # after "--": positionals, left as typed
+        args[:end] = [other_spelling(arg, self._option_string_actions) for arg in args[:end]]
+        return super().parse_known_args(args, namespace)  # type: ignore[misc]
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
+def _truthy(text: str | bool) -> bool:
+    """A bool option's value, as HfArgumentParser reads it (``--ifd``, ``--ifd true``, ``--ifd no``)."""
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected one of yes/no, true/false, t/f, y/n, 1/0, got {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, dataclass_type: type) -> None:
+    """One ``--field-name`` option per field of ``dataclass_type``, read as ``transformers.HfArgumentParser`` reads
+    it (the same types, defaults, choices, help and bool flags; ``--no-x`` for a bool defaulting to True) but
+    without importing transformers. Supported field types: str, int, float, bool, list[X], each optional."""
+    hints = typing.get_type_hints(dataclass_type)
+    for field in dataclasses.fields(dataclass_type):
+        kind = hints[field.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))  # X | None: an X option
+        kwargs: dict[str, Any] = dict(field.metadata)  # help, choices
+        if field.default is not dataclasses.MISSING:
+            kwargs["default"] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = field.default_factory()
+        else:
+            kwargs["required"] = kind is not bool
+        if kind is bool:
+            kwargs.update(type=_truthy, nargs="?", const=True, default=kwargs.get("default", False))
+        elif typing.get_origin(kind) is list:
+            kwargs.update(type=typing.get_args(kind)[0], nargs="+")
+        elif kind in (str, int, float):
+            kwargs["type"] = kind
+        else:
+            raise TypeError(f"{dataclass_type.__name__}.{field.name}: a command line cannot read type {kind!r}")
+        option = "--" + field.name.replace("_", "-")
+        parser.add_argument(option, dest=field.name, **kwargs)
+        if kind is bool and field.default is True:
+            parser.add_argument("--no-" + option[2:], dest=field.name, action="store_false",
+                                help=field.metadata.get("help"))
+
+
+class Parser(CommandLineMixin, argparse.ArgumentParser):
+    """A car-hf parser: ``dataclass_types``' fields as options, each option under both spellings, one-line errors,
+    defaults in ``--help``."""
+
+    def __init__(self, dataclass_types: Sequence[type] = (), **kwargs: Any):
+        kwargs.setdefault("epilog", SPELLINGS_NOTE)
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
+        for dataclass_type in dataclass_types:
+            add_dataclass_arguments(self, dataclass_type)
+
+
 class _DeprecatedFlag(argparse.Action):
-    """An old flag: sets the field it was renamed to, and says so on stderr."""
+    """An old flag: sets the option it was renamed to, and says so on stderr."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.new = new
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        new = "--" + self.dest.replace("_", "-")
-        print(f"{parser.prog}: note: {option_string} is deprecated, use {new}", file=sys.stderr)
+        print(f"{parser.prog}: note: {option_string} is deprecated, use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
-def add_deprecated_flags(parser: Parser) -> None:
+def add_deprecated_flag(parser: argparse.ArgumentParser, flag: str, new: str) -> None:
+    """``flag``, hidden from ``--help``, as an alias of the option ``new`` (parsed the same) with a note."""
+    action = parser._option_string_actions[new]
+    parser.add_argument(flag, dest=action.dest, action=_DeprecatedFlag, new=new, type=action.type,
+                        nargs=action.nargs, const=action.const, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_deprecated_flags(parser: argparse.ArgumentParser) -> None:
+    """The old names of the ``score_`` fields (:data:`DEPRECATED_FLAGS`)."""
     for flag, field in DEPRECATED_FLAGS.items():
-        new = parser._option_string_actions[f"--{field}"]  # the option HfArgumentParser made from the field
-        parser.add_argument(flag, dest=field, action=_DeprecatedFlag, type=new.type, nargs=new.nargs,
-                            const=new.const, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        add_deprecated_flag(parser, flag, "--" + field.replace("_", "-"))
+
+
+def add_output_dir(parser: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
+    """Every command's output option: ``--output-dir`` (``-o`` for short; ``--output``, its old name in ``score``
+    and ``generate``, is a deprecated alias)."""
+    parser.add_argument("-o", "--output-dir", help=help, **kwargs)
+    add_deprecated_flag(parser, "--output", "--output-dir")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,18 +13,16 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import datasets
-
-from ..adaptive import rank_adaptive
-from ..config import CARConfig
-from ..data import load_data, map_scores, ranking_markdown, read_config, read_ranking, save_data, write_ranking
-from ..demo import DEMO_MAX_LENGTH, run_demo
+from ..config import DEMO_MAX_LENGTH, CARConfig
 from ..errors import ConfigError
-from ..ranking import rank_generators
-from ..scoring import CARScorer, scorer_for_ranking
-from .common import add_data_arguments, add_deprecated_flags, add_map_arguments, config_from_args
+from .common import add_data_arguments, add_deprecated_flags, add_map_arguments, add_output_dir, config_from_args
+
+if TYPE_CHECKING:  # the commands import the stack when they run, so that --help needs none of it
+    import datasets
+
+    from ..scoring import CARScorer
 
 
 def add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +37,7 @@ def add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target", choices=("top1", "ranking"), default="top1",
                        help="adaptive: decide the leader (top1) or every adjacent pair (ranking)")
     group.add_argument("--checkpoint", help="adaptive: folder for per-round results; a rerun resumes from it")
-    group.add_argument("--output-dir", help="write leaderboard.md/.csv, car_config.json (and scored/ if scored here)")
+    add_output_dir(group, "write leaderboard.md/.csv, car_config.json (and scored/ if scored here)")
     group.add_argument("--plot", action="store_true", help="also write ranking.png (iso-CAR picture) into --output-dir")
 
 
@@ -51,8 +49,7 @@ def add_commands(commands: Any) -> None:
     add_deprecated_flags(score)
     add_data_arguments(score)
     add_map_arguments(score)
-    score.add_argument("-o", "--output", required=True,
-                       help="where to write: .parquet, .jsonl, or a folder (save_to_disk)")
+    add_output_dir(score, "where to write: a folder (save_to_disk), or a .parquet or .jsonl file", required=True)
 
     rank = commands.add_parser("rank", dataclass_types=[CARConfig],
                                help="rank generators by CAR (scores first if base_loss is missing)",
@@ -72,7 +69,7 @@ def add_commands(commands: Any) -> None:
                     "The reward is the judge's preference (judge_preference) unless --reward-model is given.")
     add_deprecated_flags(demo)
     demo.set_defaults(score_max_length=DEMO_MAX_LENGTH)
-    demo.add_argument("--output-dir", default="car_demo", help="where to write")
+    add_output_dir(demo, "where to write", default="car_demo")
     demo.add_argument("--zoo", help="zoo file (default: $CAR_HF_ZOO, else shared/data/alpaca_eval_zoo/zoo.jsonl.gz "
                                     "in or above the working directory, else the Hub)")
     demo.add_argument("--max-examples", type=int, default=250,
@@ -106,26 +103,41 @@ def _ranking_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> datasets.Dataset:
+    from ..data import load_data
+
     return load_data(args.data, split=args.split, generators=args.generators, by=args.by,
                      max_instructions=args.max_instructions)
 
 
 def _score(args: argparse.Namespace, ds: datasets.Dataset, scorer: CARScorer) -> datasets.Dataset:
+    from ..data import map_scores
+
     return map_scores(ds, scorer, batch_size=args.batch_size, num_proc=args.num_proc,
                       desc=f"Scoring with {scorer.config.resolved_base_model}")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from ..data import save_data
+    from ..inputs import check_scoring_inputs
+    from ..scoring import CARScorer
+
     scorer = CARScorer(config=config_from_args(args))  # first: a bad option fails before any data loads
-    scored = _score(args, _load(args), scorer)
+    ds = _load(args)
+    check_scoring_inputs(ds, scorer.config, fallback_reward_model=True)  # columns and rewards, before any model
+    scored = _score(args, ds, scorer)
     record = scorer.scoring_config()
-    path = save_data(scored, args.output, record)
+    path = save_data(scored, args.output_dir, record)
     print(f"scored {len(scored)} rows → {path}")
     print(json.dumps(record, indent=2, default=str))
     return 0
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
+    from ..adaptive import rank_adaptive
+    from ..data import ranking_markdown, read_config, write_ranking
+    from ..ranking import rank_generators
+    from ..scoring import scorer_for_ranking
+
     config = config_from_args(args)
     if args.plot and not args.output_dir:
         raise ConfigError("--plot writes ranking.png into --output-dir: pass --output-dir")
@@ -137,6 +149,10 @@ def cmd_rank(args: argparse.Namespace) -> int:
         table = rank_generators(ds, reward_column=config.reward_column or "reward", n_bootstrap=args.bootstrap,
                                 config=_ranking_record(read_config(args.data)), **ranking)
     else:
+        from ..inputs import check_scoring_inputs, need_column
+
+        need_column(args.by, ds.column_names, "--by: the generator of each row")  # before any model loads
+        check_scoring_inputs(ds, config, fallback_reward_model=True)
         scorer = scorer_for_ranking(config)  # a pool transform (minmax, shift) applies to the ranking only
         if args.adaptive or args.max_examples is not None:
             result = rank_adaptive(ds, scorer, target=args.target, max_examples=args.max_examples,
@@ -157,6 +173,9 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ..data import ranking_markdown
+    from ..demo import run_demo
+
     start = time.perf_counter()
     result = run_demo(args.output_dir, config=config_from_args(args), zoo=args.zoo, max_examples=args.max_examples,
                       confidence=args.confidence, seed=args.seed, include_reference=args.include_reference)
@@ -175,7 +194,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from .. import hub
     from ..callbacks import read_selection_summary
+    from ..data import read_ranking
 
+    hub.check_repo_id(args.repo_id)  # before a dry run writes anything
     folder = Path(args.path)
     common = {"private": args.private, "revision": args.revision, "commit_message": args.commit_message}
     if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def run_pilot_command(argv: list[str]) -> int:
         error = Parser.error  # one-line usage errors, like every car-hf command
 
     parsed = pilot_parser(PilotParser, prog="car-hf pilot").parse_args_and_config(argv)
-    report = pilot_from_arguments(*parsed)
+    report = pilot_from_arguments(*parsed, rerun=shlex.join(["car-hf", "pilot", *argv]))
     print(report.to_markdown())
     print(f"wrote the report, its picture and card to {parsed[3].output_dir}")
     return 0

@@ -35,6 +35,7 @@ import torch
 from ..batching import token_budget_batches
 from ..teacher import TeacherConfig
 from .base import Generation, Messages, check_chat_template, finish, prompt_ids, stop_token_ids
+from .decoding import generate_rows
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"):
     """Left-pad token id lists into ``(input_ids, attention_mask)``: every prompt ends where generation starts."""
@@ -90,7 +91,5 @@ class TransformersEngine:
         input_ids, attention_mask = pad_left(batch, self.pad_id, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(batch_seed(self.config.generation_seed, batch))
-            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                         generation_config=self.generation_config)
-        new = output[:, input_ids.shape[1]:].tolist()
-        return [finish(row, self.stops, self.tokenizer) for row in new]
+            new = generate_rows(self.model, input_ids, attention_mask, self.generation_config, self.stops)
+        return [finish(row, self.stops, self.tokenizer) for row in new]  # finished rows leave the batch early

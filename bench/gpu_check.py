@@ -1,0 +1,409 @@
+"""GPU check: car_hf's scoring and generation on students of real architectures' shapes, in one offline command.
+
+Students are built from Qwen2.5-0.5B-, 1.5B- and 3B-shaped ``Qwen2Config`` s with random weights (speed does not
+depend on the weights; no download: the GPU machines have no network) and score random token sequences of 512 and
+2048 tokens (the last 3/4 of each is the response). Reported, per student and length, in one process:
+
+* response tokens/s of ``car_hf.loss.response_nll`` (the engine behind ``add_base_loss``: at its defaults, and at a
+  larger micro-batch and logits budget), of a per-example loop (full logits, the model's own loss over labels with
+  the prompt masked) and of padded batches of 8 (full logits, masked cross-entropy), with each approach's largest
+  per-example difference from the per-example loop;
+* % of bf16 peak: counted FLOPs (2 x non-embedding parameters x tokens + causal attention 2 x layers x width x
+  length^2 + the LM head 2 x hidden x vocabulary x scored tokens, the same useful work for every approach) / time /
+  the dense bf16 matmul rate measured in this process (8192^3 on a GPU);
+* peak memory (``torch.cuda.max_memory_allocated``, weights included);
+* precision: car_hf in float32 against the full-logits float32 loss (<= 1e-4 nats/token), and car_hf in bfloat16
+  against car_hf in float32, within the first-order bound of the logits' own bf16 rounding, 2 x 2^-8 x the mean
+  per-token max |logit| (the bound ``tests/test_bf16.py`` checks and explains);
+* generation: car_hf's ``transformers`` engine against a per-example ``model.generate`` loop (greedy, the same
+  prompts and stop tokens), in generated tokens/s, on the smallest student.
+
+A size that runs out of memory is a row saying so; the others still run. The script exits 1 when a precision check
+fails (after writing the table). It imports neither ``datasets`` nor ``trl`` nor ``vllm``.
+
+Usage:
+    python bench/gpu_check.py --output bench/GPU.md     # one GPU: 3 students x 2 lengths (budget: < 8 minutes)
+    python bench/gpu_check.py --dry-run                 # tiny configs on the CPU, seconds (run by the test suite)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+from score_bench import _non_embedding_params  # noqa: E402  (the FLOP count's parameter rule)
+
+# Qwen2.5's published configs (Qwen/Qwen2.5-{0.5B,1.5B,3B}/config.json): GQA with 2 KV heads, tied embeddings.
+QWEN25_COMMON = dict(vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1e6,
+                     rms_norm_eps=1e-6, hidden_act="silu")
+STUDENTS = {
+    "Qwen2.5-0.5B-shaped": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                num_attention_heads=14, num_key_value_heads=2),
+    "Qwen2.5-1.5B-shaped": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                num_attention_heads=12, num_key_value_heads=2),
+    "Qwen2.5-3B-shaped": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                              num_attention_heads=16, num_key_value_heads=2),
+}
+DRY_STUDENT = {"tiny Qwen2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=1000, max_position_embeddings=1024)}
+FULL = dict(lengths=(512, 2048), tokens=32768, precision_rows=4, prompts=64, loop_prompts=8, new_tokens=128,
+            matmul=8192)
+DRY = dict(lengths=(32, 96), tokens=384, precision_rows=3, prompts=6, loop_prompts=3, new_tokens=8, matmul=256)
+FP32_TOLERANCE = 1e-4  # nats/token: car_hf against full logits, both float32
+BF16_UNIT_ROUNDOFF = 2.0**-8
+B_BATCH = 8
+LOOP = "per-example loop (full logits)"
+CAR_SETTINGS = {"car_hf (defaults: 8192 tokens, 256 MB logits)": (8192, 256),
+                "car_hf (32768 tokens, 1024 MB logits)": (32768, 1024)}
+
+
+def sync(torch, device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(torch, device, fn):
+    """``(result, seconds, peak GiB or None)`` of ``fn()``, the device drained before and after."""
+    sync(torch, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(torch, device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return result, seconds, peak
+
+
+def matmul_rate(torch, device, n: int) -> float:
+    """Median dense bf16 matmul rate (TFLOP/s) of n^3 products on ``device``, after a warm-up."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        _, seconds, _ = timed(torch, device, lambda: a @ b)
+        times.append(seconds)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def build_student(torch, shape: dict, dtype, device):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**(QWEN25_COMMON | shape), bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(dtype)
+    return model.eval()
+
+
+def sequences(torch, vocab: int, length: int, count: int, seed: int):
+    from car_hf.formats import Rendered
+
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (count, length), generator=generator).tolist()
+    return [Rendered(row, length // 4, False) for row in ids]
+
+
+def flops(model, seqs) -> float:
+    text = model.config
+    dense = 2 * _non_embedding_params(model) * sum(len(s.ids) for s in seqs)
+    attention = 2 * text.num_hidden_layers * text.hidden_size * sum(len(s.ids) ** 2 for s in seqs)
+    head = 2 * text.hidden_size * text.vocab_size * sum(len(s.ids) - max(s.start, 1) for s in seqs)
+    return float(dense + attention + head)
+
+
+def per_example(torch, model, seqs) -> list[float]:
+    """Mean NLL of each response: the model's own loss over labels, prompt masked, full logits."""
+    device, out = model.device, []
+    with torch.inference_mode():
+        for s in seqs:
+            ids = torch.tensor([s.ids], device=device)
+            labels = ids.clone()
+            labels[:, : s.start] = -100
+            out.append(float(model(input_ids=ids, labels=labels).loss))
+    return out
+
+
+def padded_batches(torch, model, seqs, pad_id: int = 0) -> list[float]:
+    """Mean NLL of each response in dataset-order padded batches of 8: full logits, masked cross-entropy."""
+    device, out = model.device, []
+    with torch.inference_mode():
+        for k in range(0, len(seqs), B_BATCH):
+            batch = seqs[k : k + B_BATCH]
+            width = max(len(s.ids) for s in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention, response = torch.zeros_like(ids), torch.zeros_like(ids)
+            for row, s in enumerate(batch):
+                ids[row, : len(s.ids)] = torch.tensor(s.ids)
+                attention[row, : len(s.ids)] = 1
+                response[row, s.start : len(s.ids)] = 1
+            ids, attention, response = ids.to(device), attention.to(device), response.to(device)
+            logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            mask = response[:, 1:]
+            out += ((nll * mask).sum(1) / mask.sum(1)).tolist()
+            del logits, nll
+    return out
+
+
+def car_hf(model, seqs, batch_tokens: int, logits_mb: int) -> list[float]:
+    from car_hf.loss import response_nll
+
+    sums, _, counts = response_nll(model, seqs, pad_id=0, batch_tokens=batch_tokens, logits_mb=logits_mb)
+    return [s / c for s, c in zip(sums, counts)]
+
+
+def max_logits(torch, model, seqs) -> list[float]:
+    """Per sequence: the mean over response positions of the largest |logit| (full logits, the model's dtype)."""
+    out = []
+    with torch.inference_mode():
+        for s in seqs:
+            logits = model(input_ids=torch.tensor([s.ids], device=model.device)).logits[0, s.start - 1 : -1]
+            out.append(float(logits.float().abs().amax(-1).mean()))
+    return out
+
+
+def failure(row: dict, error: Exception) -> dict:
+    """A row saying what stopped this measurement (the others still run); anything but running out of memory is a
+    failure of the check (``crashed``)."""
+    oom = "out of memory" in str(error).lower() or isinstance(error, MemoryError)
+    first = (str(error).splitlines() or [""])[0][:100]
+    return row | {"error": f"out of memory: {first}" if oom else f"{type(error).__name__}: {first}", "crashed": not oom}
+
+
+def score_student(torch, name: str, shape: dict, plan: dict, device, dtype, rate: float, log) -> dict:
+    """Speed and precision rows of one student at each length."""
+    speed: list[dict] = []
+    precision: list[dict] = []
+    try:
+        model = build_student(torch, shape, dtype, device)
+    except Exception as error:  # reported as a row
+        free(torch, device)
+        return {"speed": [failure({"model": name, "length": "all", "approach": "building the student"}, error)],
+                "precision": []}
+    runs = {LOOP: lambda s: per_example(torch, model, s),
+            f"padded batches of {B_BATCH} (full logits)": lambda s: padded_batches(torch, model, s)}
+    runs |= {label: (lambda s, b=b, m=m: car_hf(model, s, b, m)) for label, (b, m) in CAR_SETTINGS.items()}
+    for length in plan["lengths"]:
+        seqs = sequences(torch, model.config.vocab_size, length, max(2, plan["tokens"] // length), seed=length)
+        work, scored = flops(model, seqs), sum(len(s.ids) - s.start for s in seqs)
+        rows = []
+        for label, run in runs.items():
+            row = {"model": name, "length": length, "approach": label, "sequences": len(seqs)}
+            try:
+                run(seqs[:2])  # warm-up: kernels chosen, caches allocated, the head checked
+                values, seconds, peak = timed(torch, device, lambda: run(seqs))
+            except Exception as error:  # reported as a row
+                free(torch, device)
+                rows.append(failure(row, error))
+                continue
+            rows.append(row | {"values": values, "seconds": seconds, "tokens_per_s": scored / seconds,
+                               "peak_pct": 100 * work / seconds / (rate * 1e12), "peak_gib": peak})
+            log(f"{name} @ {length}: {label}: {seconds:.2f} s, {scored / seconds:,.0f} response tokens/s")
+        loop = next((r for r in rows if r["approach"] == LOOP and "values" in r), None)
+        for row in rows:
+            if loop is not None and "values" in row:
+                row["speedup"] = row["tokens_per_s"] / loop["tokens_per_s"]
+                row["max_diff"] = max(abs(a - b) for a, b in zip(row["values"], loop["values"]))
+        speed += rows
+        checked = check_precision(torch, model, seqs[: plan["precision_rows"]], name, length)
+        precision.append(checked)
+        model.to(dtype)
+    del model
+    free(torch, device)
+    return {"speed": speed, "precision": precision}
+
+
+def free(torch, device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def check_precision(torch, model, seqs, name: str, length: int) -> dict:
+    """car_hf float32 against full-logits float32, and car_hf bfloat16 against car_hf float32, on ``seqs``."""
+    row = {"model": name, "length": length, "sequences": len(seqs)}
+    try:
+        model.to(torch.bfloat16)
+        low = car_hf(model, seqs, 8192, 256)
+        model.to(torch.float32)  # the bf16 weights, exactly: only the arithmetic changes
+        fp32 = car_hf(model, seqs, 8192, 256)
+        full = per_example(torch, model, seqs)
+        peaks = max_logits(torch, model, seqs)
+    except Exception as error:  # reported as a row
+        free(torch, device=model.device)
+        return failure(row, error)
+    bounds = [2 * BF16_UNIT_ROUNDOFF * p for p in peaks]
+    row |= {"loss": statistics.mean(fp32), "fp32_diff": max(abs(a - b) for a, b in zip(fp32, full)),
+            "bf16_diff": max(abs(a - b) for a, b in zip(low, fp32)), "bound": min(bounds)}
+    row["fp32_ok"] = row["fp32_diff"] <= FP32_TOLERANCE
+    row["bf16_ok"] = all(abs(a - b) <= bound for a, b, bound in zip(low, fp32, bounds))
+    row["ok"] = row["fp32_ok"] and row["bf16_ok"]
+    return row
+
+
+def generation(torch, name: str, shape: dict, plan: dict, device, dtype, log) -> list[dict]:
+    """car_hf's transformers engine vs a per-example ``generate`` loop, greedy, on the same chat prompts."""
+    import tiny
+
+    from car_hf.engines.base import prompt_ids
+    from car_hf.engines.transformers_engine import TransformersEngine
+    from car_hf.teacher import TeacherConfig
+
+    tokenizer = tiny.build_tokenizer()
+    try:
+        model = build_student(torch, shape, dtype, device)
+    except Exception as error:  # reported as a row
+        free(torch, device)
+        return [failure({"model": name, "approach": "building the student"}, error)]
+    prompts = [[{"role": "user", "content": row["instruction"]}]
+               for row in tiny.sample_rows(n_instructions=plan["prompts"], generators=1)]
+    engine = TransformersEngine(model, tokenizer, TeacherConfig(teacher=name, max_new_tokens=plan["new_tokens"]), name)
+
+    def loop(chats) -> list[int]:
+        counts = []
+        for messages in chats:
+            ids = torch.tensor([prompt_ids(tokenizer, messages, None, 0, name)], device=device)
+            new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 generation_config=engine.generation_config)[0, ids.shape[1]:].tolist()
+            end = next((k for k, t in enumerate(new) if t in engine.stops), None)
+            counts.append(len(new) if end is None else end + 1)
+        return counts
+
+    def batched(chats) -> list[int]:
+        return [g.tokens for g in engine.generate(chats, list(range(len(chats))))]
+
+    out = []
+    for label, run, chats in (("per-example generate loop", loop, prompts[: plan["loop_prompts"]]),
+                              ("car_hf transformers engine", batched, prompts)):
+        row = {"model": name, "approach": label, "prompts": len(chats), "new_tokens": plan["new_tokens"]}
+        try:
+            with torch.inference_mode():
+                run(chats[:2])  # warm-up
+                counts, seconds, peak = timed(torch, device, lambda: run(chats))
+        except Exception as error:  # reported as a row
+            free(torch, device)
+            out.append(failure(row, error))
+            continue
+        out.append(row | {"generated": sum(counts), "seconds": seconds, "tokens_per_s": sum(counts) / seconds,
+                          "peak_gib": peak})
+        log(f"generation: {label}: {sum(counts)} tokens in {seconds:.2f} s")
+    if all("tokens_per_s" in r for r in out):
+        out[1]["speedup"] = out[1]["tokens_per_s"] / out[0]["tokens_per_s"]
+    del model
+    free(torch, device)
+    return out
+
+
+def _cell(value, spec: str = "{:.2f}") -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else spec.format(value)
+
+
+def markdown(info: dict, speed: list[dict], precision: list[dict], generated: list[dict]) -> str:
+    """The report: the machine, then the scoring, precision and generation tables."""
+    lines = [f"# GPU check: car_hf on {info['device_name']}", "",
+             f"Measured {info['date']} by `{info['command']}` in {info['elapsed']:.0f} s: torch {info['torch']}, "
+             f"transformers {info['transformers']}, Python {info['python']}. Students: random weights in "
+             f"{info['dtype']} with the published Qwen2.5 shapes (vocabulary 151,936) or, in a dry run, a tiny "
+             f"Qwen2; random token sequences, the last 3/4 of each scored. Dense bf16 matmul rate measured here: "
+             f"**{info['rate']:.1f} TFLOP/s** ({info['matmul']}^3).", "",
+             "## Scoring (response tokens/s)", "",
+             "| student | tokens | approach | sequences | response tokens/s | vs per-example | % of bf16 peak | "
+             "peak memory (GiB) | max diff vs per-example (nats/token) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in speed:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['length']} | {r['approach']} | {r.get('sequences', '–')} | "
+                         f"{r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['length']} | {r['approach']} | {r['sequences']} | "
+                     f"{r['tokens_per_s']:,.0f} | {_cell(r.get('speedup'), '{:.2f}x')} | {r['peak_pct']:.1f} | "
+                     f"{_cell(r['peak_gib'])} | {_cell(r.get('max_diff'), '{:.1e}')} |")
+    lines += ["", "## Precision (car_hf, per-example mean loss)", "",
+              f"float32 vs the full-logits float32 loss: tolerance {FP32_TOLERANCE:g} nats/token. bfloat16 vs "
+              "float32 on the same weights: each sequence within 2 x 2^-8 x its mean per-token max |logit| "
+              "(the first-order effect of rounding the logits to bf16; the smallest bound is shown).", "",
+              "| student | tokens | sequences | mean loss (fp32) | fp32 vs full logits | bf16 vs fp32 | bf16 bound | ok |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in precision:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['length']} | {r['sequences']} | {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['length']} | {r['sequences']} | {r['loss']:.4f} | {r['fp32_diff']:.1e} | "
+                     f"{r['bf16_diff']:.1e} | {r['bound']:.1e} | {'yes' if r['ok'] else '**no**'} |")
+    lines += ["", "## Generation (greedy, generated tokens/s)", "",
+              "| student | approach | prompts | max new tokens | generated tokens | tokens/s | vs loop | peak memory (GiB) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in generated:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['approach']} | {r.get('prompts', '–')} | {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['approach']} | {r['prompts']} | {r['new_tokens']} | {r['generated']} | "
+                     f"{r['tokens_per_s']:,.1f} | {_cell(r.get('speedup'), '{:.2f}x')} | {_cell(r['peak_gib'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny configs on the CPU, float32 speed rows (seconds)")
+    parser.add_argument("--output", help="also write the markdown report here (e.g. bench/GPU.md)")
+    parser.add_argument("--students", default=",".join(STUDENTS), help="comma-separated, from: " + ", ".join(STUDENTS))
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32: the exactness check depends on it
+    if args.dry_run:
+        device, dtype, plan, students = torch.device("cpu"), torch.float32, DRY, DRY_STUDENT
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("gpu_check: no CUDA device here; use --dry-run to check the script on a CPU")
+        device, dtype, plan = torch.device("cuda:0"), torch.bfloat16, FULL
+        unknown = sorted(set(args.students.split(",")) - set(STUDENTS))
+        if unknown:
+            raise SystemExit(f"gpu_check: unknown students {unknown}; choose from {list(STUDENTS)}")
+        students = {name: STUDENTS[name] for name in args.students.split(",")}
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    rate = matmul_rate(torch, device, plan["matmul"])
+    log(f"dense bf16 matmul: {rate:.1f} TFLOP/s")
+    speed, precision = [], []
+    for name, shape in students.items():
+        result = score_student(torch, name, shape, plan, device, dtype, rate, log)
+        speed += result["speed"]
+        precision += result["precision"]
+    smallest = next(iter(students))
+    generated = generation(torch, smallest, students[smallest], plan, device, dtype, log)
+    info = {"device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
+            "date": datetime.date.today().isoformat(), "command": " ".join(["python bench/gpu_check.py", *(argv or sys.argv[1:])]),
+            "elapsed": time.perf_counter() - started, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "dtype": str(dtype).removeprefix("torch."), "rate": rate, "matmul": plan["matmul"]}
+    report = markdown(info, speed, precision, generated)
+    print(report)
+    if args.output:
+        Path(args.output).write_text(report, encoding="utf-8")
+    failed = any(r.get("crashed") for r in speed + precision + generated) or \
+        not all(r.get("ok", True) for r in precision)
+    if failed:
+        log("gpu_check: a check failed or a measurement crashed (see the tables)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

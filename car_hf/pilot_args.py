@@ -1,0 +1,77 @@
+"""The options of ``car-hf pilot`` and ``recipes/pilot.py``: :class:`PilotArguments` next to the scorers'
+(``EvaluationArguments``), the students' generation (``TeacherConfig``), TRL's ``SFTConfig`` and ``ModelConfig``.
+
+The pilot's ``SFTConfig`` is :class:`PilotSFTConfig`: TRL's, with ``ddp_timeout`` raised to
+:data:`PILOT_DDP_TIMEOUT`. Under ``accelerate launch`` the processes evaluate students in parallel and meet after
+each round; a process that finished its evaluation waits for the slowest one, which with a large student and
+held-out set can take longer than the 30 minutes of TRL's default (the job would abort). Set ``ddp_timeout`` to
+change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import SFTConfig
+
+PILOT_DDP_TIMEOUT = 6 * 3600
+"""Seconds a process may wait for the others (one evaluation of a student, the longest single step)."""
+
+
+@dataclass
+class PilotSFTConfig(SFTConfig):
+    """``trl.SFTConfig`` with a longer ``ddp_timeout`` (see the module docstring)."""
+
+    ddp_timeout: int = field(
+        default=PILOT_DDP_TIMEOUT, metadata={"help": "Seconds a process may wait for the others: at least the longest "
+                                                     "evaluation of one student (default 6 hours)."})
+
+
+@dataclass
+class PilotArguments:
+    """The pool, the held-out set, the teachers, the number of training instructions and the seeds (the options
+    of ``car-hf pilot`` and ``recipes/pilot.py`` next to TRL's ``SFTConfig`` and ``ModelConfig``)."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "The scored pool (long layout with a reward and base_loss): a file, a "
+                                        "save_to_disk folder (e.g. recipes/score.py's output_dir/scored) or a Hub id."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset or DatasetDict."})
+    heldout_name: str | None = field(default=None, metadata={"help": "Held-out instructions (file, folder, Hub id)."})
+    heldout_split: str = field(default="train", metadata={"help": "Split of the held-out dataset."})
+    n_instructions: int = field(default=1000, metadata={"help": "Training instructions per teacher (the same ones)."})
+    teachers: list[str] | None = field(
+        default=None, metadata={"help": "Teachers to compare (default: CAR top 3, reward-only winner, CAR bottom)."})
+    seeds: list[int] | None = field(
+        default=None, metadata={"help": "Training seeds: one student per teacher and seed, realized values averaged "
+                                        "over seeds (default: the training seed alone)."})
+    by: str = field(default="generator", metadata={"help": "The column naming each row's teacher."})
+    reward_column: str = field(default="reward", metadata={"help": "The pool's column of rewards (CAR's reward)."})
+    beta: float = field(default=1.0, metadata={"help": "CAR's beta for the prediction."})
+    reward_transform: str = field(default="raise", metadata={"help": "CAR's reward transform (car_hf.car)."})
+    measure: str | None = field(
+        default=None, metadata={"help": "Realized measure: accuracy | reward | win_rate | lc_win_rate (default: "
+                                        "the first the scorers give)."})
+    measure_name: str | None = field(
+        default=None, metadata={"help": "The measure's name in the report (default: 'accuracy' for a metric or a "
+                                        "0/1 reward function, else the measure)."})
+
+
+def pilot_parser(parser_class: type | None = None, **kwargs: Any) -> Any:
+    """The ``TrlParser`` (or ``parser_class``, a subclass) of a pilot: :class:`PilotArguments`,
+    ``EvaluationArguments`` (the scorers), ``TeacherConfig`` (the students' generation), :class:`PilotSFTConfig`
+    and ``trl.ModelConfig``; ``--config`` reads a YAML file of them (command-line options override it).
+
+    >>> args, scorers, generation, training_args, model_args = pilot_parser().parse_args_and_config(
+    ...     ["--model_name_or_path", "student", "--seeds", "0", "1", "--metric", "answer_match", "--use_peft",
+    ...      "--use_cpu", "--bf16", "false"])  # SFTConfig's default bf16 needs a GPU
+    >>> args.seeds, scorers.metric, model_args.use_peft, training_args.ddp_timeout
+    ([0, 1], 'answer_match', True, 21600)
+    """
+    from trl import ModelConfig, TrlParser
+
+    from .evaluation import EvaluationArguments
+    from .teacher import TeacherConfig
+
+    return (parser_class or TrlParser)((PilotArguments, EvaluationArguments, TeacherConfig, PilotSFTConfig,
+                                        ModelConfig), **kwargs)
