@@ -43,6 +43,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+from car_hf.config import CARConfig  # noqa: E402
 from score_bench import _non_embedding_params  # noqa: E402  (the FLOP count's parameter rule)
 
 # Qwen2.5's published configs (Qwen/Qwen2.5-{0.5B,1.5B,3B}/config.json): GQA with 2 KV heads, tied embeddings.
@@ -65,7 +66,8 @@ FP32_TOLERANCE = 1e-4  # nats/token: car_hf against full logits, both float32
 BF16_UNIT_ROUNDOFF = 2.0**-8
 B_BATCH = 8
 LOOP = "per-example loop (full logits)"
-CAR_SETTINGS = {"car_hf (defaults: 8192 tokens, 256 MB logits)": (8192, 256),
+DEFAULTS = (CARConfig().batch_tokens, 256)  # add_base_loss's batch_tokens and logits_mb
+CAR_SETTINGS = {f"car_hf (defaults: {DEFAULTS[0]} tokens, {DEFAULTS[1]} MB logits)": DEFAULTS,
                 "car_hf (32768 tokens, 1024 MB logits)": (32768, 1024)}
 
 
@@ -167,6 +169,25 @@ def car_hf(model, seqs, batch_tokens: int, logits_mb: int) -> list[float]:
     return [s / c for s, c in zip(sums, counts)]
 
 
+def host_syncs(torch, model, seqs) -> tuple[int | None, int]:
+    """``(host syncs torch reports in one car_hf call on seqs, its micro-batches)``; syncs are None on a CPU."""
+    import warnings
+
+    from car_hf.batching import model_batches
+
+    batches = sum(1 for _ in model_batches([s.ids for s in seqs], 0, model.device, batch_tokens=DEFAULTS[0]))
+    if model.device.type != "cuda":
+        return None, batches
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            car_hf(model, seqs, *DEFAULTS)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught), batches
+
+
 def max_logits(torch, model, seqs) -> list[float]:
     """Per sequence: the mean over response positions of the largest |logit| (full logits, the model's dtype)."""
     out = []
@@ -221,6 +242,10 @@ def score_student(torch, name: str, shape: dict, plan: dict, device, dtype, rate
                 row["max_diff"] = max(abs(a - b) for a, b in zip(row["values"], loop["values"]))
         speed += rows
         checked = check_precision(torch, model, seqs[: plan["precision_rows"]], name, length)
+        try:
+            checked["syncs"], checked["batches"] = host_syncs(torch, model, seqs)
+        except Exception as error:  # reported as a row
+            checked = failure(checked, error)
         precision.append(checked)
         model.to(dtype)
     del model
@@ -238,9 +263,9 @@ def check_precision(torch, model, seqs, name: str, length: int) -> dict:
     row = {"model": name, "length": length, "sequences": len(seqs)}
     try:
         model.to(torch.bfloat16)
-        low = car_hf(model, seqs, 8192, 256)
+        low = car_hf(model, seqs, *DEFAULTS)
         model.to(torch.float32)  # the bf16 weights, exactly: only the arithmetic changes
-        fp32 = car_hf(model, seqs, 8192, 256)
+        fp32 = car_hf(model, seqs, *DEFAULTS)
         full = per_example(torch, model, seqs)
         peaks = max_logits(torch, model, seqs)
     except Exception as error:  # reported as a row
@@ -336,14 +361,18 @@ def markdown(info: dict, speed: list[dict], precision: list[dict], generated: li
               f"float32 vs the full-logits float32 loss: tolerance {FP32_TOLERANCE:g} nats/token. bfloat16 vs "
               "float32 on the same weights: each sequence within 2 x 2^-8 x its mean per-token max |logit| "
               "(the first-order effect of rounding the logits to bf16; the smallest bound is shown).", "",
-              "| student | tokens | sequences | mean loss (fp32) | fp32 vs full logits | bf16 vs fp32 | bf16 bound | ok |",
-              "|---|---|---|---|---|---|---|---|"]
+              "The last column: host syncs torch reports (`torch.cuda.set_sync_debug_mode`) in one car_hf call on all "
+              "of the length's sequences, and its micro-batches (the result's transfer back is one sync).", "",
+              "| student | tokens | sequences | mean loss (fp32) | fp32 vs full logits | bf16 vs fp32 | bf16 bound | ok | "
+              "host syncs / micro-batches |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in precision:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['length']} | {r['sequences']} | {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | {r['length']} | {r['sequences']} | {r['error']} | | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['length']} | {r['sequences']} | {r['loss']:.4f} | {r['fp32_diff']:.1e} | "
-                     f"{r['bf16_diff']:.1e} | {r['bound']:.1e} | {'yes' if r['ok'] else '**no**'} |")
+                     f"{r['bf16_diff']:.1e} | {r['bound']:.1e} | {'yes' if r['ok'] else '**no**'} | "
+                     f"{_cell(r['syncs'], '{}')} / {r['batches']} |")
     lines += ["", "## Generation (greedy, generated tokens/s)", "",
               "| student | approach | prompts | max new tokens | generated tokens | tokens/s | vs loop | peak memory (GiB) |",
               "|---|---|---|---|---|---|---|---|"]
@@ -395,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": transformers.__version__, "python": platform.python_version(),
             "dtype": str(dtype).removeprefix("torch."), "rate": rate, "matmul": plan["matmul"]}
     report = markdown(info, speed, precision, generated)
-    print(report)
+    sys.stdout.write(report)
     if args.output:
         Path(args.output).write_text(report, encoding="utf-8")
     failed = any(r.get("crashed") for r in speed + precision + generated) or \

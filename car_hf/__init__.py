@@ -39,27 +39,57 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ im
     from .teacher import TeacherConfig
     from .trial import rank_teachers
 
-# Public name → the submodule defining it (the TYPE_CHECKING block above, as data).
-_EXPORTS = {
-    "AdaptiveResult": "adaptive", "rank_adaptive": "adaptive",
-    "compatibility_adjusted_reward": "car", "transform_rewards": "car",
-    "DEFAULT_BASE_MODEL": "config", "CARConfig": "config",
-    "ConfigError": "errors", "GenerationError": "errors", "HubAuthError": "errors", "InputError": "errors",
-    "ModelLoadError": "errors", "PublishError": "errors",
-    "evaluate_student": "evaluation",
-    "zoo_to_long": "formats",
-    "add_responses": "generate",
-    "add_base_loss": "loss",
-    "load_model": "models",
-    "BetaFit": "ranking", "fit_beta": "ranking", "rank_generators": "ranking", "spearman_table": "ranking",
-    "DEFAULT_REWARD_MODEL": "reward", "add_reward": "reward",
-    "add_car": "scoring",
-    "CARFilter": "selection", "select_generator": "selection",
-    "TeacherConfig": "teacher",
-    "rank_teachers": "trial",
+# Each submodule → the public names it defines (the TYPE_CHECKING block above, as data; a test checks they agree).
+_SUBMODULES = {
+    "adaptive": ("AdaptiveResult", "rank_adaptive"),
+    "car": ("compatibility_adjusted_reward", "transform_rewards"),
+    "config": ("DEFAULT_BASE_MODEL", "CARConfig"),
+    "errors": ("ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError", "PublishError"),
+    "evaluation": ("evaluate_student",),
+    "formats": ("zoo_to_long",),
+    "generate": ("add_responses",),
+    "loss": ("add_base_loss",),
+    "models": ("load_model",),
+    "ranking": ("BetaFit", "fit_beta", "rank_generators", "spearman_table"),
+    "reward": ("DEFAULT_REWARD_MODEL", "add_reward"),
+    "scoring": ("add_car",),
+    "selection": ("CARFilter", "select_generator"),
+    "teacher": ("TeacherConfig",),
+    "trial": ("rank_teachers",),
 }
+_EXPORTS = {name: module for module, names in _SUBMODULES.items() for name in names}
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AdaptiveResult",
+    "BetaFit",
+    "CARConfig",
+    "CARFilter",
+    "ConfigError",
+    "GenerationError",
+    "DEFAULT_BASE_MODEL",
+    "DEFAULT_REWARD_MODEL",
+    "HubAuthError",
+    "InputError",
+    "ModelLoadError",
+    "PublishError",
+    "TeacherConfig",
+    "__version__",
+    "add_base_loss",
+    "add_car",
+    "add_responses",
+    "add_reward",
+    "compatibility_adjusted_reward",
+    "evaluate_student",
+    "fit_beta",
+    "load_model",
+    "rank_adaptive",
+    "rank_generators",
+    "rank_teachers",
+    "select_generator",
+    "spearman_table",
+    "transform_rewards",
+    "zoo_to_long",
+]
 
 
 def __getattr__(name: str) -> Any:

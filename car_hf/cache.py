@@ -45,7 +45,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +293,8 @@ class ScoreCache:
         except (OSError, ValueError):  # another key's broken key.json: it only served this message
             return {}
         mine = _flatten(self.key)
-        return {k: (latest.get(k), mine.get(k)) for k in sorted(set(latest) | set(mine)) if latest.get(k) != mine.get(k)}
+        return {k: (latest.get(k), mine.get(k)) for k in sorted(set(latest) | set(mine))
+                if latest.get(k) != mine.get(k)}
 
     def describe_miss(self) -> str:
         """One line for the log when nothing is cached under this key yet."""

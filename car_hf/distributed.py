@@ -7,7 +7,7 @@ on the number of processes, so every row is scored in the same micro-batches wha
 N processes give bit for bit the values of one, and chunks written by a run with another world size are
 reused. Chunks go to the :class:`~car_hf.cache.ScoreCache` as they complete, so a killed run loses at
 most the chunk in progress, and a rerun with the same data, models and configuration skips every chunk
-present.
+present that verifies against its rows (a chunk copied from elsewhere or damaged is computed again, with a warning).
 
 Example:
     >>> chunk_bounds(10, 4)
@@ -58,10 +58,14 @@ def start_processes(*, cpu: bool = False, timeout_minutes: int = 360) -> Any:
 
 
 def run_chunks(state: Any, dataset: Any, transform: Any, output_dir: str | os.PathLike, *, chunk_rows: int,
-               batch_size: int = 64, overwrite: bool = False) -> Any:
+               batch_size: int = 64, overwrite: bool = False, all_processes: bool = False) -> Any:
     """Apply ``transform`` to ``dataset`` in chunks shared out over ``state``'s processes, through the score cache
     under ``<output_dir>/cache`` (resuming what a killed or earlier run left; ``overwrite`` redoes it); each
-    process writes ``progress-<rank>-of-<world>.json``. Returns every row in order on the main process, else None.
+    process writes ``progress-<rank>-of-<world>.json``. Returns every row in order on the main process (on every
+    process with ``all_processes``: training needs them on each rank), else None.
+
+    A process waits at the closing barrier only for the slowest one: with equal shares, about one chunk's work,
+    so ``chunk_rows`` bounds how long a barrier lasts (keep a chunk well under the process group's timeout).
     """
     from .cache import scoring_key, write_json_atomic
 
@@ -77,7 +81,8 @@ def run_chunks(state: Any, dataset: Any, transform: Any, output_dir: str | os.Pa
                             batch_size=batch_size)
     write_json_atomic(Path(output_dir) / f"progress-{rank:05d}-of-{world:05d}.json", progress.to_dict())
     state.wait_for_everyone()
-    return gather_chunks(cache, len(dataset), chunk_rows, dataset) if state.is_main_process else None
+    every = state.is_main_process or all_processes
+    return gather_chunks(cache, len(dataset), chunk_rows, dataset) if every else None
 
 
 def chunk_bounds(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:

@@ -42,12 +42,14 @@ class HubAuthError(PublishError):
 class GenerationError(RuntimeError):
     """Responses could not be generated (an endpoint kept failing); the message names the rows and the cause.
 
-    ``partial`` maps the positions (in the failed call) of the responses generated before the failure to them.
+    ``partial`` maps the positions (in the failed call) of the responses generated before the failure to them;
+    ``failed`` names the rows that failed (as the call named them).
     """
 
-    def __init__(self, message: str, partial: dict[int, object] | None = None):
+    def __init__(self, message: str, partial: dict[int, object] | None = None, failed: list[object] | None = None):
         super().__init__(message)
         self.partial = partial or {}
+        self.failed = list(failed or [])
 
 
 __all__ = ["CacheError", "ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError",

@@ -29,7 +29,13 @@ recipe (teacher reference + configuration + car_hf version; never weights, clien
 map hits the ``datasets`` cache, and it has :meth:`~ResponseGenerator.cache_identity` for :mod:`car_hf.cache`
 (``recipes/generate.py`` saves chunks there and resumes after a kill). When an endpoint keeps failing,
 :class:`~car_hf.errors.GenerationError` is raised after the retries, and the responses generated before the
-failure are kept in this process: re-running the same map requests only the others.
+failure are kept in this process: re-running the same map requests only the others; :func:`keeping_responses`
+keeps them on disk too (:func:`car_hf.resume.keeping_responses`, used by ``car-hf generate`` and ``trial`` and
+``recipes/generate.py``), for a rerun in another process.
+
+Engines that schedule their own work (``vllm``, ``openai``) should get a whole chunk per call, not ``datasets.map``'s
+64-row batches (:func:`map_batch_size`). :func:`release_engines` frees the GPU memory the engines of this process
+hold.
 
 Example:
     >>> generator = add_responses("HuggingFaceTB/SmolLM2-135M-Instruct", system_prompt="Be brief.", max_new_tokens=64)
@@ -46,11 +52,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import importlib.util
 import json
+import logging
 import os
+import sys
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,10 +68,14 @@ from . import formats, models
 from ._version import __version__
 from .engines import Engine, Generation, Messages
 from .errors import ConfigError, GenerationError, InputError
-from .teacher import TeacherConfig
+from .teacher import TeacherConfig, mask_secrets
 from .transform import _IMPORT_PID, _LIVE, ModelRef, row_names, split_map_args
 
+logger = logging.getLogger(__name__)
+
 INPUT_COLUMNS = ("messages", "prompt", "instruction")
+SELF_SCHEDULING = ("vllm", "openai")
+"""Engines that batch (vLLM's scheduler) or pace (an endpoint's ``max_concurrency``) the prompts of a call themselves."""
 
 # Engines built in this process, by (teacher fingerprint, every option, device): a vLLM engine takes a minute to build.
 _ENGINES: dict[tuple[str, str, str | None], Engine] = {}
@@ -148,6 +162,9 @@ class ResponseGenerator:
                                   trust_remote_code=config.teacher_trust_remote_code)
         # Resolved once, here: the recipe (and the cache key) name the engine that actually generates.
         self.config = dataclasses.replace(config, engine=resolve_engine(config, loaded))
+        if self.config.engine != "vllm" and config.vllm_options():
+            logger.warning("engine auto chose %s: the vLLM options %s do not apply", self.config.engine,
+                           sorted(config.vllm_options()))
         self.digest = hashlib.blake2b(json.dumps(self.cache_identity(), sort_keys=True).encode(),
                                       digest_size=8).hexdigest()
 
@@ -170,7 +187,7 @@ class ResponseGenerator:
         c = self.config
         return {"teacher": c.teacher, "revision": c.teacher_revision, "fingerprint": self.model.fingerprint,
                 "engine": c.engine, "system_prompt": c.system_prompt, **c.sampling(),
-                "base_url": c.base_url, "car_hf_version": __version__}
+                "base_url": mask_secrets(c.base_url), "car_hf_version": __version__}
 
     def record(self) -> dict[str, Any]:
         """What a generated dataset records (beside it, and in its card): the configuration and the provenance."""
@@ -180,12 +197,22 @@ class ResponseGenerator:
     def engine(self, rank: int | None = None) -> Engine:
         """This process's engine (built once per process and device; on ``cuda:{rank}`` under ``with_rank``)."""
         device = self.config.teacher_device if self.config.teacher_device is not None else rank
-        options = json.dumps(self.config.to_dict(), sort_keys=True, default=str)
-        key = (self.model.fingerprint, options, None if device is None else str(device))
+        key = self._engine_key() + (None if device is None else str(device),)
         with _LOCK:
             if key not in _ENGINES:
                 _ENGINES[key] = self._build_engine(device)
             return _ENGINES[key]
+
+    def _engine_key(self) -> tuple[str, str]:
+        return self.model.fingerprint, json.dumps(self.config.to_dict(), sort_keys=True, default=str)
+
+    def retries(self) -> Counter[str]:
+        """The retries this process's engines of this teacher made, by cause (``{"HTTP 503": 3, "timeout": 1}``;
+        empty for engines that never retry)."""
+        mine = self._engine_key()
+        with _LOCK:
+            engines = [engine for key, engine in _ENGINES.items() if key[:2] == mine]
+        return sum((Counter(getattr(engine, "retries", {})) for engine in engines), Counter())
 
     def _build_engine(self, device: Any) -> Engine:
         c = self.config
@@ -254,11 +281,39 @@ class ResponseGenerator:
         }
 
 
-def clear_engine_cache() -> None:
-    """Forget this process's engines (a vLLM engine holds its GPUs until then) and kept responses."""
+def release_engines() -> int:
+    """Close and forget this process's engines and give their GPU memory back (a vLLM engine's engine core and
+    distributed state, a transformers teacher's weights: collected, then ``torch.cuda.empty_cache()``); returns how
+    many there were. Call it before training or evaluating a model in the process that generated."""
     with _LOCK:
+        engines = list(_ENGINES.values())
         _ENGINES.clear()
+    for engine in engines:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    count = len(engines)
+    del engines
+    gc.collect()
+    torch = sys.modules.get("torch")  # never imported just to free memory
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return count
+
+
+def clear_engine_cache() -> None:
+    """Release this process's engines (:func:`release_engines`) and forget its kept responses."""
+    release_engines()
+    with _LOCK:
         _KEPT.clear()
+
+
+def map_batch_size(transform: Any, batch_size: int | None) -> int | None:
+    """Rows per ``datasets.map`` batch for ``transform``: ``None`` (the whole chunk in one call) for a generator
+    whose engine schedules its own work (:data:`SELF_SCHEDULING`), so that vLLM's scheduler and an endpoint's
+    ``max_concurrency`` are the only limits, else ``batch_size``."""
+    engine = getattr(getattr(transform, "config", None), "engine", None)
+    return None if isinstance(transform, ResponseGenerator) and engine in SELF_SCHEDULING else batch_size
 
 
 def teacher_name(model: ModelRef) -> str:

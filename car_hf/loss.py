@@ -93,6 +93,7 @@ def _target_logits(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> t
         logits += head.bias[targets].float()
     return _softcap(model, logits.to(head.weight.dtype)).float()
 
+
 def head_tolerance(dtype: torch.dtype) -> float:
     """How far :func:`_check_head` lets the tiles' logits be from the model's own, relative and absolute: one unit in
     the last place at 1.0 of the head's dtype (bfloat16 2^-7 = 7.8e-3, float16 2^-10 = 9.8e-4), since the two come
@@ -158,9 +159,9 @@ def _head_scores(
         target_logit = torch.where(inside, picked, target_logit)
         tile_max = tile.amax(1)
         # Rank: count logits above the target's before the in-place exp below, using the tile's own target value
-        # where it holds it (the target never counts itself; ties do not count). Only rows with a logit above the
-        # target in this tile and not yet at the clip are compared: a well-predicted token has none, so this costs
-        # a few percent of the tile instead of a full pass (bench/RSR.md: a full pass added ~25% to the head).
+        # where it holds it (the target never counts itself; ties do not count). Selective: only rows with a logit
+        # above the target in this tile and not yet at the clip are compared (a well-predicted token has none), a few
+        # percent of the tile instead of a full pass (bench/RSR.md: a full pass added ~25% to the head on a CPU).
         threshold = picked if ahead is None else torch.where(inside, picked, ahead)
         if selective:
             counted = ((tile_max > threshold) & (higher < RANK_CLIP - 1)).nonzero()[:, 0]  # a host sync

@@ -235,8 +235,8 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
                                                  model_args, seed)
                 trainings.append((seconds, reused))
                 jobs.append(partial(run, evaluated, f"eval-{part}", folder, teacher))
-                if state.is_main_process and not evaluated.has(f"eval-{part}"):
-                    load_student(folder, model_args.dtype)  # a LoRA student merged here: only rank 0 can save it
+                if state.is_main_process:  # a LoRA student merged here (once): only rank 0 can save it
+                    load_student(folder, model_args.dtype)
             state.wait_for_everyone()  # every student of the round saved (and merged) before anyone loads one
             for (teacher, seed), (seconds, reused), (result, spent) in zip(group, trainings, _share(state, jobs)):
                 by_seed.setdefault(teacher, {})[seed] = result

@@ -1,11 +1,11 @@
 """The options of ``car-hf pilot`` and ``recipes/pilot.py``: :class:`PilotArguments` next to the scorers'
 (``EvaluationArguments``), the students' generation (``TeacherConfig``), TRL's ``SFTConfig`` and ``ModelConfig``.
 
-The pilot's ``SFTConfig`` is :class:`PilotSFTConfig`: TRL's, with ``ddp_timeout`` raised to
+The pilot's ``SFTConfig`` is :class:`~car_hf.pilot_sft.PilotSFTConfig`: TRL's, with ``ddp_timeout`` raised to
 :data:`PILOT_DDP_TIMEOUT`. Under ``accelerate launch`` the processes evaluate students in parallel and meet after
 each round; a process that finished its evaluation waits for the slowest one, which with a large student and
 held-out set can take longer than the 30 minutes of TRL's default (the job would abort). Set ``ddp_timeout`` to
-change it.
+change it. It lives in its own module: this one imports no TRL (nor torch), so ``car-hf pilot --help`` is instant.
 """
 
 from __future__ import annotations
@@ -13,19 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl import SFTConfig
-
 PILOT_DDP_TIMEOUT = 6 * 3600
 """Seconds a process may wait for the others (one evaluation of a student, the longest single step)."""
-
-
-@dataclass
-class PilotSFTConfig(SFTConfig):
-    """``trl.SFTConfig`` with a longer ``ddp_timeout`` (see the module docstring)."""
-
-    ddp_timeout: int = field(
-        default=PILOT_DDP_TIMEOUT, metadata={"help": "Seconds a process may wait for the others: at least the longest "
-                                                     "evaluation of one student (default 6 hours)."})
 
 
 @dataclass
@@ -71,6 +60,7 @@ def pilot_parser(parser_class: type | None = None, **kwargs: Any) -> Any:
     from trl import ModelConfig, TrlParser
 
     from .evaluation import EvaluationArguments
+    from .pilot_sft import PilotSFTConfig
     from .teacher import TeacherConfig
 
     return (parser_class or TrlParser)((PilotArguments, EvaluationArguments, TeacherConfig, PilotSFTConfig,

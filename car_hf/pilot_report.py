@@ -335,7 +335,7 @@ def build_report(table_: pd.DataFrame, chosen: Sequence[tuple[str, str]], result
     spearman["p_permutation"] = [
         permutation_p(sub[r.column].to_numpy(float) * (1 if r.direction == "higher" else -1),
                       [measured[t] for t in sub[by]], evaluation.seed) for r in spearman.itertuples()]
-    if several:  # the same table per seed, to show how much ρ moves with the training seed
+    if several and len(spearman):  # the same table per seed, to show how much ρ moves with the training seed
         seeds = list(next(iter(by_seed.values())))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -45,8 +45,25 @@ from .errors import ConfigError
 ENGINES = ("auto", "transformers", "vllm", "openai")
 
 # Fields that change nothing in the generated columns: left out of cache keys, so a rerun with more
-# concurrency or patience still finds what an earlier run generated.
-_NOT_IN_KEY = ("max_concurrency", "max_retries", "retry_backoff", "request_timeout", "api_key_env")
+# concurrency or patience (or, for vLLM, memory: its continuous batching composes batches by timing anyway)
+# still finds what an earlier run generated.
+_NOT_IN_KEY = ("max_concurrency", "max_retries", "retry_backoff", "request_timeout", "api_key_env",
+               "gpu_memory_utilization", "max_model_len", "enforce_eager")
+
+TEACHER_DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+                  "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+"""``teacher_dtype`` names and aliases, and the name each one is stored as: torch's, which are also vLLM's
+(``vllm.LLM(dtype=...)`` accepts auto, half, float16, bfloat16, float and float32, not bf16/fp16/fp32)."""
+
+VLLM_OPTIONS = {"model": "teacher", "revision": "teacher_revision", "tokenizer_revision": "teacher_revision",
+                "dtype": "teacher_dtype", "seed": "generation_seed", "tensor_parallel_size": "tensor_parallel_size",
+                "trust_remote_code": "teacher_trust_remote_code", "gpu_memory_utilization": "gpu_memory_utilization",
+                "max_model_len": "max_model_len", "enforce_eager": "enforce_eager"}
+"""The ``vllm.LLM`` arguments that fields of TeacherConfig set (``engine_kwargs`` may not set them again)."""
+
+_SECRET_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]+@")
+_SECRET_QUERY = re.compile(r"(?i)([?&;][\w.-]*(?:key|token|secret|password|passwd|auth|sig|credential)[\w.-]*=)"
+                           r"[^&#\s'\"]*")
 
 
 @dataclass
@@ -107,12 +124,30 @@ class TeacherConfig:
                           "the KV cache (transformers)."},
     )
     teacher_dtype: str = field(
-        default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on capable GPUs) | float32 | bfloat16 | float16."})
+        default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on capable GPUs) | float32 | bfloat16 | float16 (or fp32, bf16, "
+                                          "fp16; recorded under the first names, vLLM's)."})
     teacher_device: str | None = field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 ... (transformers; default: the first GPU, else the CPU)."})
     teacher_trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow the teacher's custom model code (transformers, vllm)."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs one vLLM engine spans (vllm)."})
+    gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={"help": "Share of each GPU's memory vLLM takes for the weights, activations and its KV cache, in "
+                          "(0, 1] (vllm; default: vLLM's 0.9). Lower it when something else holds GPU memory."})
+    max_model_len: int | None = field(
+        default=None,
+        metadata={"help": "Context length vLLM allocates for, prompt + response (vllm; default: the model's). Lower "
+                          "it to start a long-context model on a smaller GPU; a prompt that does not fit with "
+                          "max_new_tokens is an error naming its row."})
+    enforce_eager: bool = field(
+        default=False, metadata={"help": "Run vLLM without CUDA graphs: less memory and a faster start, slower "
+                                         "decoding (vllm)."})
+    engine_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Any other vllm.LLM (EngineArgs) option: a mapping in YAML, JSON on the command line, e.g. "
+                          "'{\"max_num_seqs\": 512, \"quantization\": \"fp8\"}' (vllm; names checked against the "
+                          "installed vLLM's EngineArgs)."})
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -143,9 +178,41 @@ class TeacherConfig:
                 and not Path(self.chat_template).expanduser().is_file():
             raise ConfigError(f"chat_template: {self.chat_template!r} is neither a Jinja template nor a file")
         # str(torch.float32) is "torch.float32": keep the short name so keys and records stay stable.
-        self.teacher_dtype = str(self.teacher_dtype).removeprefix("torch.")
+        dtype = str(self.teacher_dtype).removeprefix("torch.")
+        if dtype not in TEACHER_DTYPES:
+            raise ConfigError(f"teacher_dtype must be one of {sorted(TEACHER_DTYPES)}, got {self.teacher_dtype!r}")
+        self.teacher_dtype = TEACHER_DTYPES[dtype]
+        self._check_vllm_options()
         if self.teacher_device is not None:
             self.teacher_device = str(self.teacher_device)
+
+    def _check_vllm_options(self) -> None:
+        if isinstance(self.engine_kwargs, str):
+            try:
+                self.engine_kwargs = json.loads(self.engine_kwargs)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"engine_kwargs must be a JSON object, e.g. '{{\"max_num_seqs\": 512}}': {error}") \
+                    from None
+        if self.engine_kwargs is not None and not isinstance(self.engine_kwargs, dict):
+            raise ConfigError(f"engine_kwargs must be a mapping of vllm.LLM options, got {self.engine_kwargs!r}")
+        self.engine_kwargs = dict(self.engine_kwargs) if self.engine_kwargs else None
+        for name in sorted(set(self.engine_kwargs or {}) & set(VLLM_OPTIONS)):
+            raise ConfigError(f"engine_kwargs sets {name!r}, which car_hf sets from {VLLM_OPTIONS[name]}: set "
+                              f"{VLLM_OPTIONS[name]} instead")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if (self.engine in ("transformers", "openai") or self.base_url) and self.vllm_options():
+            engine = "openai" if self.base_url else self.engine
+            raise ConfigError(f"{sorted(self.vllm_options())} are options of engine vllm; engine {engine} does not "
+                              "use them")
+
+    def vllm_options(self) -> dict[str, Any]:
+        """The ``vllm.LLM`` options set beyond vLLM's defaults: the engine fields and ``engine_kwargs``."""
+        options = {"gpu_memory_utilization": self.gpu_memory_utilization, "max_model_len": self.max_model_len,
+                   "enforce_eager": self.enforce_eager or None}
+        return {k: v for k, v in options.items() if v is not None} | dict(self.engine_kwargs or {})
 
     @classmethod
     def from_kwargs(cls, config: TeacherConfig | None = None, **kwargs: Any) -> TeacherConfig:
@@ -187,16 +254,19 @@ class TeacherConfig:
         return dataclasses.asdict(self)
 
     def record(self) -> dict[str, Any]:
-        """What a generated dataset records about its teacher: every field, the label, the code version."""
-        return self.to_dict() | {"teacher_label": self.label, "car_hf_version": __version__}
+        """What a generated dataset records about its teacher: every field (credentials in ``base_url`` masked), the
+        label, the code version."""
+        return self.to_dict() | {"base_url": mask_secrets(self.base_url), "teacher_label": self.label,
+                                 "car_hf_version": __version__}
 
     def cache_key(self) -> dict[str, Any]:
         """The fields that change generated text, as JSON-able data (for :mod:`car_hf.cache`).
 
         A chat template counts by its text (not the file holding it); the device by its type only, so the
-        processes of a multi-GPU job share one cache.
+        processes of a multi-GPU job share one cache; ``base_url`` without its credentials (a key changes no text).
         """
         key = {k: v for k, v in json.loads(json.dumps(self.to_dict(), default=str)).items() if k not in _NOT_IN_KEY}
+        key["base_url"] = mask_secrets(self.base_url)
         key["chat_template"] = self.template_text()
         key["teacher_device"] = None if self.teacher_device is None else self.teacher_device.split(":")[0]
         return key
@@ -207,6 +277,18 @@ def _looks_like_a_token(name: str) -> bool:
     mixed = any(c.islower() for c in name) and any(c.isupper() for c in name) and any(c.isdigit() for c in name)
     valid = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name)
     return not valid or name.startswith("hf_") or (len(name) > 24 and mixed)
+
+
+def mask_secrets(text: str | None) -> str | None:
+    """``text`` with the credentials of every URL in it masked: ``user:password@`` and query values whose name
+    speaks of a key, token, secret, password or signature (``?api-key=``, ``&key=``, ``&sig=``).
+
+    >>> mask_secrets("https://me:sk-123@host/v1?api-key=abc&model=m&key=xyz")
+    'https://***@host/v1?api-key=***&model=m&key=***'
+    """
+    if text is None:
+        return None
+    return _SECRET_QUERY.sub(r"\1***", _SECRET_USERINFO.sub(r"\1***@", text))
 
 
 def api_key(config: TeacherConfig) -> str | None:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import ScoreCache, rows_digest, scoring_key
 from .config import CARConfig
 from .errors import ConfigError, InputError
 from .formats import Layout, has_chat_template, row_example, sft_record
@@ -59,6 +58,9 @@ class SFTScriptArguments:
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the generator leaderboard."})
     rescore: bool = field(default=False, metadata={"help": "Score again even if the data has a base_loss column."})
     scoring_batch_size: int = field(default=64, metadata={"help": "Rows per datasets.map batch while scoring."})
+    scoring_chunk_rows: int = field(
+        default=512, metadata={"help": "Rows per scoring chunk: the unit shared out over the processes and saved as "
+                                       "it completes (a process waits at most about one chunk for the others)."})
     eval_size: float | None = field(
         default=None, metadata={"help": "Hold out this fraction (< 1) or number (>= 1) of the selected rows."})
     merge_adapter: bool = field(default=False, metadata={"help": "With use_peft: also save <output_dir>/merged."})
@@ -115,31 +117,34 @@ def training_config(config: CARConfig, training_args: Any, model_args: Any) -> C
     )
 
 
-def score_for_training(ds: Any, config: CARConfig, training_args: Any, batch_size: int = 64) -> tuple[Any, dict]:
-    """Score ``ds`` under ``config`` once: the main process scores into ``<output_dir>/_car_scored`` (the score
-    cache), the other processes read it; a rerun with the same data, model and options reuses it."""
-    from .data import map_scores
+def score_for_training(ds: Any, config: CARConfig, training_args: Any, batch_size: int = 64,
+                       chunk_rows: int = 512) -> tuple[Any, dict]:
+    """Score ``ds`` under ``config`` once, shared over the processes, and return ``(scored rows, scoring record)``
+    on every process.
+
+    The same path as ``recipes/score.py`` (:func:`car_hf.distributed.run_chunks`): chunks of ``chunk_rows`` rows
+    over the whole dataset, each process scoring its contiguous run of them into the score cache under
+    ``<output_dir>/_car_scored`` (with a ``progress-<rank>-of-<world>.json`` each), then every process reading all
+    of them in row order. A process waits only for the slowest one's last chunk, never for the whole dataset, so
+    no barrier comes near the process group's timeout; a rerun with the same data, model and options reuses the
+    chunks (with any number of processes), any change scores afresh.
+    """
+    from accelerate import PartialState
+
+    from .distributed import run_chunks
     from .models import clear_model_cache
     from .scoring import scorer_for_ranking
 
     scorer = scorer_for_ranking(config)
-    cache = ScoreCache(Path(training_args.output_dir) / SCORES_FOLDER, scoring_key(scorer, ds))
-    inputs = rows_digest(ds)  # the scores verify against the rows they were computed from
-    with training_args.main_process_first(local=False, desc="CAR scoring"):
-        loaded = cache.load("scored", inputs=inputs)
-        if loaded is not None:
-            logger.info("reusing CAR scores from %s (%d rows)", cache.folder, len(loaded[0]))
-            return loaded[0], loaded[1]["scoring"]
-        if training_args.process_index != 0:
-            raise RuntimeError(f"the main process left no CAR scores in {cache.folder}; see its log")
-        logger.info("%s; scoring %d rows with %r", cache.describe_miss(), len(ds), scorer)
-        scored = map_scores(ds, scorer, batch_size=batch_size, desc=f"CAR scoring with {config.base_model}")
-        record = scorer.scoring_config()
-        cache.save("scored", scored, meta={"scoring": record}, inputs=inputs)
-        del scorer
-        clear_model_cache()  # the trainer loads its own copy of the model
-        gc.collect()
-        return cache.require("scored", inputs=inputs)[0], record
+    _ = training_args.device  # the Trainer's process group (backend, ddp_timeout) before PartialState is read
+    logger.info("CAR scoring %d rows with %r, in chunks of %d rows", len(ds), scorer, chunk_rows)
+    scored = run_chunks(PartialState(), ds, scorer, Path(training_args.output_dir) / SCORES_FOLDER,
+                        chunk_rows=chunk_rows, batch_size=batch_size, all_processes=True)
+    record = scorer.scoring_config()
+    del scorer
+    clear_model_cache()  # the trainer loads its own copy of the model
+    gc.collect()
+    return scored, record
 
 
 def warn_if_scored_for_another_model(dataset_name: str, base_model: str, max_length: int | None) -> None:

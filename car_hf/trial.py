@@ -49,6 +49,7 @@ from .adaptive import AdaptiveResult
 from .cache import ScoreCache, rows_digest, scorer_identity, scoring_key
 from .data import map_scores
 from .errors import ConfigError
+from .generate import map_batch_size
 from .ranking import rank_generators
 from .stopping import (
     DEFAULT_MIN_INSTRUCTIONS,
@@ -217,7 +218,8 @@ def rank_teachers(
         loaded = generated_cache.load(part, inputs=asked) if generated_cache is not None else None
         fresh = loaded is None
         if fresh:
-            generated = map_scores(instructions.select(rows), generators[k], rows=rows, batch_size=batch_size,
+            generated = map_scores(instructions.select(rows), generators[k], rows=rows,
+                                   batch_size=map_batch_size(generators[k], batch_size),  # vllm/openai: all at once
                                    desc=f"{labels[k]}: answering {len(rows)} instructions")
             if generated_cache is not None:
                 generated_cache.save(part, generated, inputs=asked)

@@ -1,10 +1,17 @@
 #!/usr/bin/env python
 """Pilot distillation: fine-tune your student on each candidate teacher's answers and check CAR's prediction.
 
-    python recipes/pilot.py --config recipes/configs/pilot_tiny_cpu.yaml \\
-        --dataset_name runs/score/scored --heldout_name heldout.jsonl --output_dir runs/pilot
+    python recipes/tiny_model.py   # once: a tiny student, synthetic zoo data and held-out tasks under runs/
+    python recipes/score.py --config recipes/configs/score_tiny_cpu.yaml   # the scored pool
+    OMP_NUM_THREADS=1 python recipes/pilot.py --config recipes/configs/pilot_tiny_cpu.yaml \\
+        --dataset_name runs/score-tiny-cpu/scored --heldout_name runs/tiny-data/heldout.jsonl --n_instructions 8
+    # two CPU processes (gloo; `--cpu --num_processes 2` would start only one):
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        recipes/pilot.py --config recipes/configs/pilot_tiny_cpu.yaml \\
+        --dataset_name runs/score-tiny-cpu/scored --heldout_name runs/tiny-data/heldout.jsonl --n_instructions 8
+    # 8 GPUs: Qwen2.5-0.5B, LoRA, bf16 (the pool scored first: see the config)
     accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 8 recipes/pilot.py \\
-        --config recipes/configs/pilot_tiny_cpu.yaml --model_name_or_path Qwen/Qwen2.5-0.5B ...
+        --config recipes/configs/pilot_qwen2.5-0.5b_lora.yaml
 
 The same as ``car-hf pilot --config recipes/configs/pilot_tiny_cpu.yaml ...`` on one machine. Options (a YAML config
 plus command-line overrides, ``TrlParser``): ``car_hf.pilot.PilotArguments`` (the scored pool, the held-out set, the

@@ -2,10 +2,14 @@
 """Distributed, resumable CAR scoring: reward, base-model loss and per-row CAR of every row, then the leaderboard.
 
     python recipes/tiny_model.py   # once, for the tiny CPU config
+    python recipes/score.py --config recipes/configs/score_tiny_cpu.yaml
     accelerate launch --cpu --num_processes 1 recipes/score.py --config recipes/configs/score_tiny_cpu.yaml
-    accelerate launch --multi_gpu --num_processes 8 recipes/score.py --config recipes/configs/score_zoo_gemma.yaml
-    # 2 CPU processes (gloo): accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
-    #     --mixed_precision no --dynamo_backend no recipes/score.py --config ... --cpu true
+    # two CPU processes (gloo; `--cpu --num_processes 2` would start only one):
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        recipes/score.py --config recipes/configs/score_tiny_cpu.yaml
+    # 8 GPUs: the generator zoo scored for the student you will tune
+    accelerate launch --multi_gpu --num_processes 8 recipes/score.py --config recipes/configs/score_magpie.yaml \\
+        --base_model Qwen/Qwen2.5-0.5B --output_dir runs/score-magpie-qwen2.5-0.5b
 
 Options: :class:`ScoreArguments` (data, output, chunks, leaderboard) and ``car_hf.CARConfig`` (how rows are
 scored), from a YAML config and the command line (``TrlParser``). The work is car_hf's: chunks of rows shared

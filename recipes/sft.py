@@ -2,9 +2,15 @@
 """Supervised fine-tuning on CAR-selected data with TRL's ``SFTTrainer``.
 
     python recipes/tiny_model.py   # once: a tiny model and synthetic data under runs/
-    accelerate launch --cpu --num_processes 1 recipes/sft.py --config recipes/configs/sft_tiny_cpu.yaml
+    python recipes/sft.py --config recipes/configs/sft_tiny_cpu.yaml
+    accelerate launch --cpu --num_processes 1 --mixed_precision no --dynamo_backend no \\
+        recipes/sft.py --config recipes/configs/sft_tiny_cpu.yaml
+    # two CPU processes (gloo; `--cpu --num_processes 2` would start only one):
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        recipes/sft.py --config recipes/configs/sft_tiny_cpu.yaml
+    # 8 GPUs (the data scored first: recipes/score.py with score_magpie.yaml)
     accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 8 \\
-        recipes/sft.py --config recipes/configs/qwen2.5-0.5b_lora.yaml --learning_rate 1e-4
+        recipes/sft.py --config recipes/configs/qwen2.5-0.5b_lora.yaml
 
 A YAML config plus command-line overrides, parsed by ``TrlParser`` into ``car_hf.training.SFTScriptArguments``
 (data, selection, card), ``trl.SFTConfig``, ``trl.ModelConfig`` and ``car_hf.CARConfig`` (how rows are scored).
@@ -12,13 +18,18 @@ In order — everything that can be checked without a model is checked first:
 
 1. Load ``dataset_name`` and check its columns and rewards.
 2. Load the tokenizer of the model being tuned.
-3. Rows without ``base_loss`` are scored with THAT model, at training's ``max_length`` and dtype (the main
-   process scores into ``<output_dir>/_car_scored``, the score cache; the others and any rerun read it).
+3. Rows without ``base_loss`` are scored with THAT model, at training's ``max_length`` and dtype, shared over
+   the processes in chunks of ``scoring_chunk_rows`` (``car_hf.training.score_for_training``, the path of
+   ``recipes/score.py``) into ``<output_dir>/_car_scored``, the score cache that a rerun reuses.
 4. Select rows (``select``: none | generator | top_fraction | top_k | threshold | best_of_n | likeliest;
    ``car_hf.selection``).
 5. Turn them into TRL prompt/completion records, so that the completion-only loss covers the tokens CAR scored.
 6. Train (full or LoRA), save, write the model card (TRL's + car_hf's, with the selection), push when
    ``push_to_hub``; with LoRA and ``merge_adapter: true`` also write ``<output_dir>/merged``.
+
+Under several processes, steps that one process does while the others wait remain: TRL tokenizing the selected
+rows (main process first), the Hub upload and the LoRA merge. They are bounded by ``ddp_timeout`` (the GPU configs
+set 3 hours instead of TRL's 30 minutes); scoring is shared out, so no process waits for the whole dataset.
 """
 
 from __future__ import annotations
@@ -86,7 +97,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args, config: CAR
     config = training.training_config(config, training_args, model_args)
     scoring = None
     if selecting and not scored:
-        ds, scoring = training.score_for_training(ds, config, training_args, script_args.scoring_batch_size)
+        ds, scoring = training.score_for_training(ds, config, training_args, script_args.scoring_batch_size,
+                                                     script_args.scoring_chunk_rows)
     elif selecting:
         training.warn_if_scored_for_another_model(script_args.dataset_name, config.base_model,
                                                   training_args.max_length)

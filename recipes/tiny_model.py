@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Write a tiny random chat model and a small synthetic generator-zoo dataset, for the CPU recipes.
+"""Write a tiny random chat model, a small synthetic generator-zoo dataset and held-out tasks, for the CPU recipes.
 
 Everything is built from code in about a second, with no Hub access, so the CPU configs run from a
 clean clone:
 
-    python recipes/tiny_model.py                      # -> runs/tiny-model/ and runs/tiny-data/train.jsonl
-    accelerate launch --cpu --num_processes 1 recipes/sft.py --config recipes/configs/sft_tiny_cpu.yaml
-    accelerate launch --cpu --num_processes 1 recipes/score.py --config recipes/configs/score_tiny_cpu.yaml
+    python recipes/tiny_model.py   # -> runs/tiny-model/, runs/tiny-data/train.jsonl and heldout.jsonl
+    python recipes/score.py --config recipes/configs/score_tiny_cpu.yaml
+    python recipes/sft.py --config recipes/configs/sft_tiny_cpu.yaml
 
 The model is a 2-layer ``LlamaForCausalLM`` (hidden size 64) with random weights; the tokenizer is a
 byte-level BPE (~600 tokens) trained on the synthetic text, with a ChatML-style chat template whose
@@ -16,7 +16,9 @@ The data is the long layout car_hf reads (one row per instruction x generator): 
 ``instruction``, ``generator``, ``output`` and ``judge_preference`` (a reward in (0, 1)). The three
 synthetic generators differ the way real teachers do: ``tidy-7b`` answers with short, regular
 sentences; ``rambler-70b`` writes longer, irregular text that a judge likes a little more;
-``echo-1b`` mostly repeats the question and is judged poorly.
+``echo-1b`` mostly repeats the question and is judged poorly. ``heldout.jsonl`` holds letter-counting tasks
+(``car_hf.tasks.make_tasks``: ``instruction``, ``answer``), none of them a training instruction, for
+``recipes/evaluate_student.py`` and ``recipes/pilot.py`` with ``--metric answer_match``.
 """
 
 from __future__ import annotations
@@ -145,6 +147,18 @@ def write_tiny_data(data_dir: str | Path, n_instructions: int = 8, seed: int = 0
     return path
 
 
+def write_tiny_heldout(data_dir: str | Path, n_items: int = 12, seed: int = 1) -> Path:
+    """Write ``n_items`` letter-counting tasks (``car_hf.tasks.make_tasks``) as ``<data_dir>/heldout.jsonl``."""
+    from car_hf.tasks import make_tasks
+
+    path = Path(data_dir) / "heldout.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in make_tasks(n_items, seed=seed, types=["count_letters"]).to_list():
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="runs/tiny-model", help="model folder (default: runs/tiny-model)")
@@ -154,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model_dir = write_tiny_model(args.output_dir, args.seed)
     data = write_tiny_data(args.data_dir, args.n_instructions, args.seed)
-    print(f"wrote {model_dir}/ and {data} ({args.n_instructions * len(GENERATORS)} rows)")
+    heldout = write_tiny_heldout(args.data_dir)
+    print(f"wrote {model_dir}/, {data} ({args.n_instructions * len(GENERATORS)} rows) and {heldout}")
 
 
 if __name__ == "__main__":

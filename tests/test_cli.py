@@ -15,6 +15,7 @@ from datasets import load_dataset, load_from_disk
 
 import tiny
 from car_hf.cli import DEPRECATED_FLAGS, build_parser, config_from_args, main
+from car_hf.cli.common import SPELLINGS_NOTE
 from car_hf.config import CARConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,13 +80,15 @@ def test_bad_input_errors_name_columns(tmp_path, data_file, tiny_model_dir, caps
 def test_console_script_help_lists_every_carconfig_field_and_hides_the_old_flags():
     result = subprocess.run([sys.executable, "-m", "car_hf.cli", "rank", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for field in dataclasses.fields(CARConfig):  # the one declaration of scoring options
-        assert f"--{field.name.replace('_', '-')}" in result.stdout and f"--{field.name}" in result.stdout
+    for field in dataclasses.fields(CARConfig):  # the one declaration of scoring options, listed in one spelling
+        assert re.search(rf"(?m)^  --{field.name.replace('_', '-')} ", result.stdout), field.name
+        assert "_" not in field.name or f"--{field.name}" not in result.stdout, field.name
+    assert " ".join(result.stdout.split()).endswith(" ".join(SPELLINGS_NOTE.split()))  # the other spelling: said once
     for option in ("--by", "--generators", "--batch-size", "--confidence", "--bootstrap", "--plot", "--output-dir"):
         assert option in result.stdout
     assert len(re.findall(r"(?m)^  --beta ", result.stdout)) == 1  # declared once: by CARConfig
-    for flag in DEPRECATED_FLAGS:  # hidden: --max-length is not a prefix of --score-max-length
-        assert re.search(rf"(?<![\w-]){flag}\b", result.stdout) is None, flag
+    for flag in [*DEPRECATED_FLAGS, "--output"]:  # hidden
+        assert re.search(rf"(?<![\w-]){flag}(?![\w-])", result.stdout) is None, flag
     assert "(default: 2048)" in result.stdout and "(default: 1.0)" in result.stdout
 
 
@@ -119,9 +122,9 @@ def _one_error_line(capsys, command: str) -> str:
     (["score", "d.jsonl", "--reward-model", "m", "--reward-column", "r", "-o", "x.parquet"],
      "set reward_model or reward_column, not both"),
     (["score", "d.jsonl", "--reward-transform", "bogus", "-o", "x.parquet"],
-     "argument --reward_transform/--reward-transform: invalid choice: 'bogus'"),
+     "argument --reward-transform: invalid choice: 'bogus'"),
     (["score", "d.jsonl", "--beta", "-1", "-o", "x.parquet"], "beta must be >= 0, got -1"),
-    (["score", "d.jsonl"], "the following arguments are required: -o/--output (see car-hf score --help)"),
+    (["score", "d.jsonl"], "the following arguments are required: -o/--output-dir (see car-hf score --help)"),
     (["rank", "d.jsonl", "--plot"], "--plot writes ranking.png into --output-dir: pass --output-dir"),
     (["score", "missing.jsonl", "-o", "x.parquet"], "no such file or folder: 'missing.jsonl'"),
 ])

@@ -28,7 +28,8 @@ def setup(tokenizer):
     answers = [alone(model, ids, config) for ids in prompts]
     # The token that comes earliest in most answers but is absent from one: made the end of turn, it ends those
     # answers early while that one runs to MAX_NEW.
-    candidates = {t for a in answers for t in a if sum(t in b for b in answers) >= 3 and any(t not in b for b in answers)}
+    candidates = {t for a in answers for t in a
+                  if sum(t in b for b in answers) >= 3 and any(t not in b for b in answers)}
     token = min(candidates, key=lambda t: sum(a.index(t) if t in a else MAX_NEW for a in answers))
     with torch.no_grad():
         model.lm_head.weight[max(stops)] = model.lm_head.weight[token] * 1.05

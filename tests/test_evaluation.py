@@ -182,8 +182,8 @@ def test_evaluation_identity_changes_with_the_scorers():
 
 
 def test_evaluate_recipe_compares_the_student_with_its_baseline(tmp_path, tiny_model_dir, heldout, hf_cache):
-    path = Path(__file__).resolve().parents[1] / "recipes" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("recipes_evaluate", path)
+    path = Path(__file__).resolve().parents[1] / "recipes" / "evaluate_student.py"
+    spec = importlib.util.spec_from_file_location("recipes_evaluate_student", path)
     recipe = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = recipe
     spec.loader.exec_module(recipe)
@@ -203,7 +203,7 @@ def test_evaluate_recipe_compares_the_student_with_its_baseline(tmp_path, tiny_m
             "--model_name_or_path", "m", "--dataset_name", str(tmp_path / "heldout.jsonl"), "--judge_model", "j"]))
 
 
-# ------------------------------------------------------------------------------------------------ issue 19's pilot notes
+# ---------------------------------------------------------------------------------------- issue 19's pilot notes
 def test_an_empty_answer_scores_zero_and_is_counted_not_left_out(tiny_model_dir, heldout, hf_cache, monkeypatch):
     from car_hf.engines import Generation
     from car_hf.generate import ResponseGenerator

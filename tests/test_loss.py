@@ -284,3 +284,4 @@ def test_sft_trainer_evaluate_loss_equals_mean_base_loss(tmp_path, tokenizer):
     trainer = SFTTrainer(model=model, args=config, train_dataset=records, eval_dataset=records, processing_class=tokenizer)
     eval_loss = trainer.evaluate()["eval_loss"]
     assert eval_loss == pytest.approx(sum(scored["base_loss"]) / len(scored), abs=1e-4)
+

@@ -244,6 +244,54 @@ def test_device_and_dtype_resolution(monkeypatch):
     assert default_dtype("cuda:1") == torch.float16
 
 
+def _fake_gpu(monkeypatch, capability: tuple[int, int]) -> None:
+    """CUDA "available" with this compute capability: dtype resolution only asks these (nothing runs on it)."""
+    from car_hf import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(devices, "_LOGGED", set())  # each test sees its own log line
+
+
+def test_auto_dtype_keeps_fp16_unstable_families_in_float32_on_gpus_without_bf16(monkeypatch, tmp_path, tok, caplog):
+    from car_hf.models import loaded_dtype
+
+    gemma = tiny.save_tiny(tiny.build_gemma3_lm(tok), tok, tmp_path / "gemma")
+    llama = tiny.save_tiny(tiny.build_causal_lm(tok), tok, tmp_path / "llama")
+    _fake_gpu(monkeypatch, (7, 5))  # a T4 / V100-class GPU: float16, no bfloat16
+    with caplog.at_level(logging.WARNING, logger="car_hf.devices"):
+        assert loaded_dtype(gemma, device="cuda:0") == "float32"  # read from its config: gemma3_text
+        assert loaded_dtype(gemma, device="cuda:0") == "float32"
+    said = [r.getMessage() for r in caplog.records if r.name == "car_hf.devices"]
+    assert len(said) == 1 and "gemma3_text models overflow float16" in said[0] and "7.5" in said[0]
+    assert loaded_dtype(llama, device="cuda:0") == "float16"  # a family float16 suits
+    assert loaded_dtype(gemma, dtype="fp16", device="cuda:0") == "float16"  # an explicit choice is the user's
+    assert [default_dtype("cuda:0", t) for t in ("gemma", "gemma2", "gemma4_text", "glm4", "plamo2", "qwen2")] == \
+        [torch.float32] * 5 + [torch.float16]
+    _fake_gpu(monkeypatch, (8, 0))  # Ampere: bfloat16 for every family
+    assert loaded_dtype(gemma, device="cuda:0") == loaded_dtype(llama, device="cuda:0") == "bfloat16"
+    assert loaded_dtype(gemma, device="cpu") == "float32"
+    model = tiny.build_causal_lm(tok).to(torch.bfloat16)
+    assert loaded_dtype((model, tok), device="cpu") == "bfloat16"  # a loaded pair keeps its dtype under "auto"
+    assert loaded_dtype((model, tok), dtype="float32", device="cpu") == "float32"
+
+
+def test_scoring_record_names_the_dtype_each_model_is_loaded_in(monkeypatch, tmp_path, tok, tiny_reward_dir):
+    from car_hf import add_car
+
+    gemma = tiny.save_tiny(tiny.build_gemma3_lm(tok), tok, tmp_path / "gemma")
+    llama = tiny.save_tiny(tiny.build_causal_lm(tok), tok, tmp_path / "llama")
+    record = add_car(base_model=str(gemma), reward_model=str(tiny_reward_dir), device="cpu").scoring_config()
+    assert (record["base_model_dtype"], record["reward_model_dtype"], record["score_dtype"]) == \
+        ("float32", "float32", "auto")
+    _fake_gpu(monkeypatch, (7, 5))
+    on_gpu = dict(reward_column="judge", device="cuda:0")
+    assert add_car(base_model=str(gemma), **on_gpu).scoring_config()["base_model_dtype"] == "float32"
+    assert add_car(base_model=str(llama), **on_gpu).scoring_config()["base_model_dtype"] == "float16"
+    assert add_car(base_model=str(gemma), dtype="bf16", **on_gpu).scoring_config()["base_model_dtype"] == "bfloat16"
+
+
 # ---------------------------------------------------------------- offline fallback (fake packages)
 
 

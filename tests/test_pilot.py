@@ -230,7 +230,7 @@ def test_bad_options_are_refused(tmp_path, tasks, tiny_model_dir, no_training):
 
 
 def test_cli_pilot_with_seeds_averages_per_item_and_reuses_finished_seeds(tmp_path, tasks, tiny_model_dir, hf_cache,
-                                                                          monkeypatch, one_thread, capsys):
+                                                                          monkeypatch, one_thread, capsys, caplog):
     from car_hf.cli import main
 
     scripted_pool(tasks).to_json(tmp_path / "pool.jsonl")
@@ -239,8 +239,12 @@ def test_cli_pilot_with_seeds_averages_per_item_and_reuses_finished_seeds(tmp_pa
               str(tiny_model_dir), "--dataset_name", str(tmp_path / "pool.jsonl"), "--heldout_name",
               str(tmp_path / "heldout.jsonl"), "--output_dir", str(tmp_path / "pilot"), "--teachers", "right",
               "all wrong"]
-    assert main(["pilot", *common, "--seeds", "0", "1"]) == 0
-    assert "wrote the report, its picture and card to" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="car_hf"):
+        assert main(["pilot", *common, "--seeds", "0", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "wrote the report, its picture and card to" in printed.out
+    # The report is printed once (not also logged).
+    assert printed.out.count("## Pilot: predicted vs. realized") == 1 and "## Pilot" not in printed.err + caplog.text
     report = json.loads((tmp_path / "pilot" / "report.json").read_text())
     assert report["budget"]["seeds"] == [0, 1] and "seed" not in report["budget"]
     items = pd.read_csv(tmp_path / "pilot" / "items.csv")
@@ -253,6 +257,8 @@ def test_cli_pilot_with_seeds_averages_per_item_and_reuses_finished_seeds(tmp_pa
     cars = {r["teacher"]: r["car"] for r in report["teachers"]}
     for row in report["spearman"]:
         assert len(row["rho_seeds"]) == 2
+        if np.isfinite(row["rho_seeds"]).all():  # the spread over seeds, next to each seed's ρ
+            assert row["rho_seed_sd"] == pytest.approx(np.std(row["rho_seeds"], ddof=1))
     car_row = next(r for r in report["spearman"] if r["metric"] == "CAR")
     for seed, rho in enumerate(car_row["rho_seeds"]):
         by_seed = {r["teacher"]: r["realized_seeds"][seed] for r in report["teachers"]}
@@ -273,7 +279,7 @@ def test_cli_pilot_with_seeds_averages_per_item_and_reuses_finished_seeds(tmp_pa
     assert "car-hf pilot: error: Some specified arguments are not used" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------------ issue 19's pilot notes
+# ---------------------------------------------------------------------------------------- issue 19's pilot notes
 def test_teachers_answering_different_instructions_train_on_the_shared_ones_and_say_so(tasks, caplog):
     from car_hf.pilot_data import prompt_keys, training_rows
 
@@ -323,10 +329,12 @@ def test_reward_function_pilot_names_its_measure_and_keys_its_caches_by_what_cha
     built, evaluated, saved = [], [], []
     original_init, original_evaluate, original_save = trl.SFTTrainer.__init__, car_hf.pilot.evaluate_student, \
         PilotReport.save
-    monkeypatch.setattr(trl.SFTTrainer, "__init__", lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
+    monkeypatch.setattr(trl.SFTTrainer, "__init__",
+                        lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
     monkeypatch.setattr(car_hf.pilot, "evaluate_student",
                         lambda *a, **k: evaluated.append(k["name"]) or original_evaluate(*a, **k))
-    monkeypatch.setattr(PilotReport, "save", lambda self, folder: saved.append(self.partial) or original_save(self, folder))
+    monkeypatch.setattr(PilotReport, "save",
+                        lambda self, folder: saved.append(self.partial) or original_save(self, folder))
 
     def pilot(**overrides):
         built.clear(), evaluated.clear(), saved.clear()

@@ -22,7 +22,8 @@ def pool(names, beta=1.0):
     rows = []
     for k, name in enumerate(names):
         for i in range(6):
-            rows.append({"generator": name, "instruction": f"q{i}", "reward": 0.9 - 0.1 * k, "base_loss": 1.0 + 0.05 * k,
+            rows.append({"generator": name, "instruction": f"q{i}", "reward": 0.9 - 0.1 * k,
+                         "base_loss": 1.0 + 0.05 * k,
                          "ifd": 0.5 + 0.01 * k, "base_rank": 3.0 + k})
     return rank_generators(pd.DataFrame(rows), beta=beta, n_bootstrap=0)
 
@@ -66,7 +67,8 @@ def test_report_shows_signals_teacher_level_p_intervals_and_empty_answers():
     report = report_for(names, [30, 10, 8, 6, 4], beta=0.67656, empty=(0, 1))
     text = report.to_markdown()
     # The teacher table carries the signals the ρ table ranks by.
-    header = [cell.strip() for cell in next(line for line in text.splitlines() if line.startswith("| teacher")).split("|")]
+    first = next(line for line in text.splitlines() if line.startswith("| teacher"))
+    header = [cell.strip() for cell in first.split("|")]
     assert {"loss", "IFD", "RSR", "CAR (β=0.677)"} <= set(header)
     # CAR ranks the 5 teachers exactly as realized: the exact permutation p is 1/120, and the table says so.
     car = report.spearman.set_index("metric").loc["CAR"]
@@ -84,7 +86,8 @@ def test_report_shows_signals_teacher_level_p_intervals_and_empty_answers():
 
 def test_few_teachers_are_warned_about_and_a_partial_report_says_so():
     report = report_for(["a", "b", "c", "d"], [30, 25, 20, 15])
-    assert "**Warning:** ρ over 4 teachers means little" in report.to_markdown() and "once in 24" in report.to_markdown()
+    text = report.to_markdown()
+    assert "**Warning:** ρ over 4 teachers means little" in text and "once in 24" in text
     one = build_report(pool(["a", "b"]), [("a", "x")], {"a": evaluation_of("a", [1] * N_ITEMS),
                                                         "u": evaluation_of("u", [0] * N_ITEMS)},
                        measure="accuracy", baseline="u", budget={"n_instructions": 6, "n_heldout": N_ITEMS},

@@ -4,9 +4,12 @@ Thin: parses, calls the API, prints.
     car-hf score DATA --base-model google/gemma-3-270m --reward-column judge_preference -o scored.parquet
     car-hf rank scored.parquet --beta 1.0 --output-dir leaderboard/
 
-The scoring options are the fields of :class:`~car_hf.CARConfig`, as ``--score-max-length`` or
-``--score_max_length``; the old ``--max-length``, ``--dtype``, ``--device`` and ``--trust-remote-code`` still work
-(hidden, with a note). A user error ends with one ``car-hf <command>: error: ...`` line and exit status 2.
+Every option is accepted with dashes or underscores (``--score-max-length`` or ``--score_max_length``: one
+mechanism, :class:`~car_hf.cli.common.CommandLineMixin`). Every command writes to ``--output-dir`` (``-o`` for short;
+``score`` and ``generate``'s old ``--output`` still works). The scoring options are the fields of
+:class:`~car_hf.CARConfig`; the old ``--max-length``, ``--dtype``, ``--device`` and ``--trust-remote-code`` still
+work (hidden, with a note). A user error ends with one ``car-hf <command>: error: ...`` line and exit status 2.
+``--help`` imports no torch, transformers or datasets (the commands import them when they run).
 
 Example:
     >>> args = build_parser().parse_args(["score", "rows.jsonl", "--reward-column", "judge_preference",

@@ -17,7 +17,8 @@ import dataclasses
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 from ..config import KEYWORD_ALIASES, CARConfig
@@ -59,16 +60,27 @@ def other_spelling(option: str, known: typing.Container[str]) -> str:
 
 class CommandLineMixin:
     """What car-hf's parsers add to an ``argparse`` parser (its own, or TRL's for the pilot): each option under
-    both spellings, and one-line errors."""
+    both spellings, old option names (:meth:`rename`), and one-line errors."""
 
     prog: str
     _option_string_actions: dict[str, argparse.Action]
+    renamed: Mapping[str, str] = MappingProxyType({})
+
+    def rename(self, old: str, new: str) -> None:
+        """Accept the option ``old`` (hidden from ``--help``) as ``new``, with a note on stderr."""
+        self.renamed = {**self.renamed, old: new}
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
-        # Every parse (a subcommand's included) passes here: rename each option to the spelling declared.
+        # Every parse (a subcommand's included) passes here: each option becomes the spelling declared.
         args = list(sys.argv[1:] if args is None else args)
         end = args.index("--") if "--" in args else len(args)  # after "--": positionals, left as typed
-        args[:end] = [other_spelling(arg, self._option_string_actions) for arg in args[:end]]
+        known = {*self._option_string_actions, *self.renamed}
+        for i in range(end):
+            name, equals, value = other_spelling(args[i], known).partition("=")
+            if name in self.renamed:
+                print(f"{self.prog}: note: {name} is deprecated, use {self.renamed[name]}", file=sys.stderr)
+                name = self.renamed[name]
+            args[i] = name + equals + value
         return super().parse_known_args(args, namespace)  # type: ignore[misc]
 
     def error(self, message: str) -> NoReturn:
@@ -89,12 +101,15 @@ def _truthy(text: str | bool) -> bool:
 def add_dataclass_arguments(parser: argparse.ArgumentParser, dataclass_type: type) -> None:
     """One ``--field-name`` option per field of ``dataclass_type``, read as ``transformers.HfArgumentParser`` reads
     it (the same types, defaults, choices, help and bool flags; ``--no-x`` for a bool defaulting to True) but
-    without importing transformers. Supported field types: str, int, float, bool, list[X], each optional."""
+    without importing transformers. Supported field types: str, int, float, bool, list[X], each optional, and unions
+    with str (read as text)."""
     hints = typing.get_type_hints(dataclass_type)
     for field in dataclasses.fields(dataclass_type):
         kind = hints[field.name]
         if typing.get_origin(kind) in (typing.Union, types.UnionType):
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))  # X | None: an X option
+            # X | None: an X option; a union with str (a mapping or its JSON text) is read as text, as in HF's parser
+            arguments = typing.get_args(kind)
+            kind = str if str in arguments else next(a for a in arguments if a is not type(None))
         kwargs: dict[str, Any] = dict(field.metadata)  # help, choices
         if field.default is not dataclasses.MISSING:
             kwargs["default"] = field.default
@@ -128,37 +143,17 @@ class Parser(CommandLineMixin, argparse.ArgumentParser):
             add_dataclass_arguments(self, dataclass_type)
 
 
-class _DeprecatedFlag(argparse.Action):
-    """An old flag: sets the option it was renamed to, and says so on stderr."""
-
-    def __init__(self, *args: Any, new: str, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.new = new
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        print(f"{parser.prog}: note: {option_string} is deprecated, use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_deprecated_flag(parser: argparse.ArgumentParser, flag: str, new: str) -> None:
-    """``flag``, hidden from ``--help``, as an alias of the option ``new`` (parsed the same) with a note."""
-    action = parser._option_string_actions[new]
-    parser.add_argument(flag, dest=action.dest, action=_DeprecatedFlag, new=new, type=action.type,
-                        nargs=action.nargs, const=action.const, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-
-def add_deprecated_flags(parser: argparse.ArgumentParser) -> None:
+def add_deprecated_flags(parser: Parser) -> None:
     """The old names of the ``score_`` fields (:data:`DEPRECATED_FLAGS`)."""
     for flag, field in DEPRECATED_FLAGS.items():
-        add_deprecated_flag(parser, flag, "--" + field.replace("_", "-"))
+        parser.rename(flag, "--" + field.replace("_", "-"))
 
 
-def add_output_dir(parser: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
-    """Every command's output option: ``--output-dir`` (``-o`` for short; ``--output``, its old name in ``score``
-    and ``generate``, is a deprecated alias)."""
+def add_output_dir(parser: Parser, help: str, **kwargs: Any) -> None:
+    """Every command's output option: ``--output-dir``, ``-o`` for short (``--output``, its old name in ``score``
+    and ``generate``, still works, with a note)."""
     parser.add_argument("-o", "--output-dir", help=help, **kwargs)
-    add_deprecated_flag(parser, "--output", "--output-dir")
+    parser.rename("--output", "--output-dir")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

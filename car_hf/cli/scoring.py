@@ -37,7 +37,6 @@ def add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target", choices=("top1", "ranking"), default="top1",
                        help="adaptive: decide the leader (top1) or every adjacent pair (ranking)")
     group.add_argument("--checkpoint", help="adaptive: folder for per-round results; a rerun resumes from it")
-    add_output_dir(group, "write leaderboard.md/.csv, car_config.json (and scored/ if scored here)")
     group.add_argument("--plot", action="store_true", help="also write ranking.png (iso-CAR picture) into --output-dir")
 
 
@@ -59,6 +58,7 @@ def add_commands(commands: Any) -> None:
     add_data_arguments(rank)
     add_map_arguments(rank)
     add_ranking_arguments(rank)
+    add_output_dir(rank, "write leaderboard.md/.csv, car_config.json (and scored/ if scored here)")
 
     demo = commands.add_parser(
         "demo", dataclass_types=[CARConfig],

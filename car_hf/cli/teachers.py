@@ -4,7 +4,7 @@ generating; a pilot distillation that checks the choice on the student.
     car-hf generate instructions.jsonl --teacher HuggingFaceTB/SmolLM2-135M-Instruct --max-new-tokens 256 -o out/
     car-hf trial instructions.jsonl --teacher org/model-a --teacher org/model-b --base-model google/gemma-3-270m \\
         --reward-model car_hf.tasks:AnswerReward --output-dir trial/
-    car-hf pilot --config recipes/configs/pilot_tiny_cpu.yaml --dataset_name trial/scored --heldout_name heldout.jsonl
+    car-hf pilot --config recipes/configs/pilot_tiny_cpu.yaml --dataset-name trial/scored --heldout-name heldout.jsonl
 
 Generation options are the fields of :class:`~car_hf.teacher.TeacherConfig` (defaults for every teacher of a
 trial); ``--teachers FILE`` (YAML or JSON: a list of TeacherConfig fields, one entry per teacher) gives each
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CARConfig
-from ..data import load_data, map_scores, ranking_markdown, save_data, write_ranking
 from ..errors import ConfigError
 from ..teacher import TeacherConfig
-from .common import Parser, add_deprecated_flags, add_map_arguments, config_from_args
+from .common import (SPELLINGS_NOTE, CommandLineMixin, Parser, add_dataclass_arguments, add_deprecated_flags,
+                     add_map_arguments, add_output_dir, config_from_args, other_spelling)
 
 
 def _teacher_defaults(args: argparse.Namespace, **changes: Any) -> TeacherConfig:
@@ -60,12 +60,13 @@ def _teachers(args: argparse.Namespace) -> list[TeacherConfig]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ..data import load_data, map_scores, save_data
     from ..generate import add_responses
 
     generator = add_responses(config=_teacher_defaults(args, teacher=args.teacher))
     ds = load_data(args.data, split=args.split)
     generated = map_scores(ds, generator, batch_size=args.batch_size, desc=f"{generator.config.label}: generating")
-    path = save_data(generated, args.output, generator.record())
+    path = save_data(generated, args.output_dir, generator.record())
     truncated = sum(generated[f"{generator.config.generation_column}_truncated"])
     print(f"generated {len(generated)} responses with {generator.config.label} → {path}"
           + (f" ({truncated} cut at max_new_tokens: flagged in {generator.config.generation_column}_truncated)"
@@ -74,6 +75,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
+    from ..data import load_data, ranking_markdown, write_ranking
     from ..scoring import scorer_for_ranking
     from ..trial import rank_teachers
 
@@ -92,17 +94,56 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pilot_command(argv: list[str]) -> int:
-    """``car-hf pilot [--config pilot.yaml] [options]``: ``recipes/pilot.py`` on one machine, with the same options
-    (:func:`car_hf.pilot.pilot_parser`, a ``TrlParser``: ``car-hf pilot --help`` lists them all)."""
+PILOT_DESCRIPTION = ("Fine-tune the student on each candidate teacher's answers (TRL's SFTTrainer), evaluate every "
+                     "student on held-out instructions and check CAR's prediction against the realized order; the "
+                     "options of recipes/pilot.py, on one machine.")
+
+
+def pilot_parser_full() -> Any:
+    """``car-hf pilot``'s parser: :func:`car_hf.pilot.pilot_parser` (a ``TrlParser``, TRL's ``SFTConfig`` and
+    ``ModelConfig`` included), with car-hf's spellings, one-line errors and ``-o`` for ``--output-dir``."""
     from trl import TrlParser
 
-    from ..pilot import pilot_from_arguments, pilot_parser
+    from ..pilot import pilot_parser
 
-    class PilotParser(TrlParser):
-        error = Parser.error  # one-line usage errors, like every car-hf command
+    class PilotParser(CommandLineMixin, TrlParser):
+        pass
 
-    parsed = pilot_parser(PilotParser, prog="car-hf pilot").parse_args_and_config(argv)
+    parser = pilot_parser(PilotParser, prog="car-hf pilot", description=PILOT_DESCRIPTION)
+    parser.add_argument("-o", dest="output_dir", default=argparse.SUPPRESS, help="short for --output-dir")
+    return parser
+
+
+def pilot_help_parser() -> Parser:
+    """``car-hf pilot --help``: the pilot's own options, without TRL's (importing TRL takes seconds; ``--help-all``
+    lists its options too, from :func:`pilot_parser_full`)."""
+    from ..evaluation import EvaluationArguments
+    from ..pilot_args import PilotArguments
+
+    parser = Parser(prog="car-hf pilot", description=PILOT_DESCRIPTION, epilog=(
+        "Also every option of TRL's SFTConfig and ModelConfig (--learning-rate, --num-train-epochs, "
+        "--model-name-or-path, --use-peft, ...): car-hf pilot --help-all lists them. " + SPELLINGS_NOTE))
+    parser.add_argument("--help-all", action="store_true", help="list TRL's options too (imports TRL)")
+    parser.add_argument("--config", help="YAML file of these options and TRL's; command-line options override it")
+    parser.add_argument("-o", "--output-dir", help="SFTConfig's output_dir: the students, the report and its card")
+    for dataclass_type in (PilotArguments, EvaluationArguments, TeacherConfig):
+        add_dataclass_arguments(parser.add_argument_group(dataclass_type.__name__), dataclass_type)
+    return parser
+
+
+def run_pilot_command(argv: list[str]) -> int:
+    """``car-hf pilot [--config pilot.yaml] [options]``: ``recipes/pilot.py`` on one machine, with the same options
+    (:func:`pilot_parser_full`; ``--help`` lists the pilot's own, ``--help-all`` TRL's too)."""
+    options = argv[:argv.index("--")] if "--" in argv else argv
+    if "--help-all" in [other_spelling(option, {"--help-all"}) for option in options]:
+        pilot_parser_full().print_help()
+        return 0
+    if "-h" in options or "--help" in options:
+        pilot_help_parser().print_help()
+        return 0
+    from ..pilot import pilot_from_arguments
+
+    parsed = pilot_parser_full().parse_args_and_config(argv)
     report = pilot_from_arguments(*parsed, rerun=shlex.join(["car-hf", "pilot", *argv]))
     print(report.to_markdown())
     print(f"wrote the report, its picture and card to {parsed[3].output_dir}")
@@ -119,7 +160,7 @@ def add_commands(commands: Any) -> None:
     generate.add_argument("data", help="prompts: a .json/.jsonl(.gz)/.parquet/.csv file, a save_to_disk folder, "
                                        "or a Hub dataset id")
     generate.add_argument("--split", default="train", help="split of a Hub dataset or saved DatasetDict")
-    generate.add_argument("-o", "--output", required=True, help=".parquet, .jsonl, or a folder (save_to_disk)")
+    add_output_dir(generate, "where to write: a folder (save_to_disk), or a .parquet or .jsonl file", required=True)
     add_map_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
 
@@ -144,7 +185,7 @@ def add_commands(commands: Any) -> None:
     trial.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the rule and the table")
     trial.add_argument("--seed", type=int, default=0, help="seed of the instruction order and the bootstrap")
     trial.add_argument("--checkpoint", help="folder of the trial's cache: a rerun resumes, generating nothing twice")
-    trial.add_argument("--output-dir", help="write the ranking folder (leaderboard, scored rows) car-hf push reads")
+    add_output_dir(trial, "write the ranking folder (leaderboard, scored rows) car-hf push reads")
     add_map_arguments(trial)
     trial.set_defaults(handler=cmd_trial, batch_size=16)
 

@@ -76,6 +76,24 @@ def prompt_ids(tokenizer: Any, messages: Messages, template: str | None, row: An
         raise InputError(f"row {row}: the chat template of {teacher!r} refused this conversation: {error}") from error
 
 
+def check_context(ids: Sequence[Sequence[int]], rows: Sequence[Any], max_new_tokens: int, context: int | None,
+                  teacher: str, limit: str) -> None:
+    """Every prompt must leave ``max_new_tokens`` of room in the teacher's ``context`` (``limit`` says whose:
+    vLLM's max_model_len, the model's max_position_embeddings): else an :class:`InputError` naming the rows, raised
+    before any prompt is generated for."""
+    if context is None:
+        return
+    over = [(row, len(i)) for row, i in zip(rows, ids) if len(i) + max_new_tokens > context]
+    if over:
+        row, n = over[0]
+        more = f" (also rows {', '.join(str(r) for r, _ in over[1:11])}{' ...' if len(over) > 11 else ''})" \
+            if len(over) > 1 else ""
+        raise InputError(f"row {row}{more}: the prompt is {n} tokens, and with max_new_tokens={max_new_tokens} the "
+                         f"response would end past the {context} tokens of {teacher!r}'s context ({limit}): shorten "
+                         "or drop the row, or lower max_new_tokens (or, for vLLM, raise max_model_len up to the "
+                         "model's context)")
+
+
 def stop_token_ids(tokenizer: Any, template: str | None, eos: int | Sequence[int] | None) -> list[int]:
     """The end-of-turn token of the chat template, ``eos`` (the model's generation config) and the tokenizer's."""
     user = [{"role": "user", "content": "Hi"}]

@@ -34,7 +34,7 @@ import torch
 
 from ..batching import token_budget_batches
 from ..teacher import TeacherConfig
-from .base import Generation, Messages, check_chat_template, finish, prompt_ids, stop_token_ids
+from .base import Generation, Messages, check_chat_template, check_context, finish, prompt_ids, stop_token_ids
 from .decoding import generate_rows
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"):
@@ -79,6 +79,8 @@ class TransformersEngine:
 
     def generate(self, prompts: Sequence[Messages], rows: Sequence[Any]) -> list[Generation]:
         ids = [prompt_ids(self.tokenizer, p, self.template, row, self.teacher) for p, row in zip(prompts, rows)]
+        check_context(ids, rows, self.config.max_new_tokens, getattr(self.model.config, "max_position_embeddings", None),
+                      self.teacher, "the model's max_position_embeddings")
         results: list[Generation | None] = [None] * len(ids)
         lengths = [len(i) + self.config.max_new_tokens for i in ids]
         for group in token_budget_batches(lengths, self.budget):

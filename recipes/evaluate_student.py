@@ -1,11 +1,16 @@
 #!/usr/bin/env python
 """Evaluate a tuned student on held-out instructions, against the untuned student.
 
-    python recipes/evaluate.py --model_name_or_path runs/sft --dataset_name heldout.jsonl --metric answer_match
-    python recipes/evaluate.py --model_name_or_path runs/sft-lora --dataset_name heldout.jsonl \\
-        --reward Skywork/Skywork-Reward-V2-Qwen3-0.6B --max_new_tokens 512
-    HF_HUB_OFFLINE=0 python recipes/evaluate.py --model_name_or_path runs/sft --dataset_name alpaca_eval.jsonl \\
-        --judge_base_url http://localhost:8000/v1 --judge_model Qwen/Qwen2.5-7B-Instruct --reference_column output
+    python recipes/tiny_model.py   # once: a tiny model, synthetic data and held-out tasks under runs/
+    python recipes/sft.py --config recipes/configs/sft_tiny_cpu.yaml   # -> the LoRA adapter runs/sft-tiny-cpu
+    python recipes/evaluate_student.py --model_name_or_path runs/sft-tiny-cpu \\
+        --dataset_name runs/tiny-data/heldout.jsonl --metric answer_match --max_new_tokens 4
+    # one GPU: the LoRA student of qwen2.5-0.5b_lora.yaml vs. Qwen2.5-0.5B, scored by a reward model
+    python recipes/evaluate_student.py --config recipes/configs/evaluate_qwen2.5-0.5b.yaml
+    # a pairwise LLM judge on an OpenAI-compatible endpoint (e.g. `vllm serve Qwen/Qwen2.5-7B-Instruct`)
+    HF_HUB_OFFLINE=0 python recipes/evaluate_student.py --model_name_or_path runs/qwen2.5-0.5b-car-lora \\
+        --dataset_name runs/heldout.jsonl --reference_column output --max_new_tokens 512 \\
+        --judge_base_url http://localhost:8000/v1 --judge_model Qwen/Qwen2.5-7B-Instruct
 
 Options: :class:`EvaluateArguments` (the student, the held-out data, the output), ``car_hf.evaluation.
 EvaluationArguments`` (reward model/function, ``evaluate`` metric, LLM judge, bootstrap) and ``car_hf.TeacherConfig``
@@ -27,7 +32,7 @@ from car_hf import ConfigError, InputError, ModelLoadError
 from car_hf.evaluation import EvaluationArguments
 from car_hf.teacher import TeacherConfig
 
-logger = logging.getLogger("car_hf.recipes.evaluate")
+logger = logging.getLogger("car_hf.recipes.evaluate_student")
 
 
 @dataclass
@@ -97,4 +102,4 @@ if __name__ == "__main__":
     try:
         main(*make_parser().parse_args_and_config())
     except (ConfigError, InputError, ModelLoadError) as error:
-        sys.exit(f"evaluate.py: error: {error}")
+        sys.exit(f"evaluate_student.py: error: {error}")
