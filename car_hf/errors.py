@@ -52,5 +52,12 @@ class GenerationError(RuntimeError):
         self.failed = list(failed or [])
 
 
-__all__ = ["CacheError", "ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError",
-           "PublishError"]
+EXIT_USER_ERROR = 2
+"""Exit status of ``car-hf`` and the recipes for an error the user can fix (an option, a row): one line, no traceback."""
+
+EXIT_GENERATION_FAILED = 3
+"""Exit status when generation failed for some rows after the retries (an endpoint kept failing or refused them):
+the finished rows are kept in the checkpoint, and the same command run again generates only the others."""
+
+__all__ = ["EXIT_GENERATION_FAILED", "EXIT_USER_ERROR", "CacheError", "ConfigError", "GenerationError", "HubAuthError",
+           "InputError", "ModelLoadError", "PublishError"]

@@ -258,7 +258,7 @@ class ResponseGenerator:
                 note = (f"; the {len(kept)} of {len(messages)} response(s) of this batch generated before the failure "
                         "are kept in this process: calling again, or re-running the same map, requests only the others"
                         if kept else "")
-                raise GenerationError(f"{error}{note}", partial=kept) from error
+                raise GenerationError(f"{error}{note}", partial=kept, failed=error.failed) from error
             kept.update(zip(todo, fresh))
         with _LOCK:
             for key in keys:

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ModelLoadError, PublishError
+from ..teacher import mask_secrets
 from . import scoring, teachers
 from .common import DEPRECATED_FLAGS, Parser, UsageError, config_from_args
 
@@ -52,7 +53,8 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ConnectionError, ModelLo
 
 
 def _report(line: str) -> int:
-    print(" ".join(line.split()), file=sys.stderr)  # one line even when a library's message has several
+    # One line even when a library's message has several; never a credential of a URL (car_hf.teacher.mask_secrets).
+    print(" ".join(mask_secrets(line).split()), file=sys.stderr)
     return 2
 
 
@@ -69,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as error:
         return _report(str(error))
+    args.argv = argv  # for the re-run command a failed generation prints
     try:
         return args.handler(args)
     except USER_ERRORS as error:

@@ -1,0 +1,266 @@
+"""Every documented recipe command, as written: run as a script where it uses the tiny CPU configs, parsed where it
+needs GPUs or real models; and no file in recipes/ shadows an importable module.
+
+The commands are read from each recipe's docstring, the header comments of recipes/configs/*.yaml, and the code
+blocks of recipes/README.md and README.md. A command runs (``bash -c``, verbatim, from a folder laid out like the
+repository root after ``python recipes/tiny_model.py``) when it names a tiny CPU config or a tiny run's output;
+any other command (real models, GPUs, endpoints) is parse-checked: its ``accelerate launch`` options by accelerate's
+parser, its script options and ``--config`` YAML by the recipe's ``TrlParser`` (an unknown key fails).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import concatenate_datasets, load_from_disk
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+_START = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:python|accelerate)\s")
+_EXAMPLE_ENV = {"RANK": "0", "MAIN_IP": "10.0.0.1"}  # what a user sets on each node of the multi-node command
+
+
+@dataclass(frozen=True)
+class Command:
+    source: str  # where it is documented
+    text: str  # as written (continuations joined)
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(os.path.expandvars(self.text.replace("\\\n", " ")), comments=True)
+
+    @property
+    def script(self) -> str:
+        return next(a for a in self.argv if a.startswith("recipes/") and a.endswith(".py"))
+
+    @property
+    def script_args(self) -> list[str]:
+        argv = self.argv
+        return argv[argv.index(self.script) + 1:]
+
+    @property
+    def runs_here(self) -> bool:
+        """Tiny CPU configs or tiny outputs: runs on this machine in seconds; anything else needs a GPU or a real
+        model (and a network) and is parse-checked."""
+        return "tiny" in self.text or self.script == "recipes/tiny_model.py"
+
+
+def _commands_in(text: str, source: str) -> list[Command]:
+    commands, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = re.sub(r"^\s*(?:#\s+)?", "", lines[i]) if source.endswith(".yaml") else lines[i].strip()
+        i += 1
+        if not _START.match(line):
+            continue
+        parts = [line]
+        while parts[-1].rstrip().endswith("\\") and i < len(lines):
+            parts.append(re.sub(r"^\s*#?\s*", "    ", lines[i]).rstrip())
+            i += 1
+        text = "\n".join(p.rstrip() for p in parts)
+        if re.search(r"\brecipes/\w+\.py\b", text):
+            commands.append(Command(source, text))
+    return commands
+
+
+def documented_commands() -> list[Command]:
+    found = []
+    for script in sorted(RECIPES.glob("*.py")):
+        found += _commands_in(ast.get_docstring(ast.parse(script.read_text())) or "", f"recipes/{script.name}")
+    for config in sorted((RECIPES / "configs").glob("*.yaml")):
+        header = "\n".join(line for line in config.read_text().splitlines() if line.startswith("#"))
+        found += _commands_in(header, f"recipes/configs/{config.name}")
+    for readme in (RECIPES / "README.md", REPO / "README.md"):
+        text = readme.read_text()
+        # fenced blocks and indented (4-space) ones
+        blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S) + re.findall(r"(?:^ {4}.*\n)+", text, re.M)
+        found += [c for block in blocks for c in _commands_in(block, str(readme.relative_to(REPO)))]
+    unique: dict[tuple[str, ...], Command] = {}
+    for command in found:
+        unique.setdefault(tuple(command.argv), command)
+    return list(unique.values())
+
+
+COMMANDS = documented_commands()
+# The order a user runs them in: data and model first, scores before what reads them (sft's runs/sft-tiny-cpu is
+# the student evaluate_student.py evaluates; score.py's output is the pilot's pool).
+ORDER = ["recipes/tiny_model.py", "recipes/score.py", "recipes/sft.py", "recipes/generate.py",
+         "recipes/evaluate_student.py", "recipes/pilot.py"]
+RUN = sorted((c for c in COMMANDS if c.runs_here), key=lambda c: ORDER.index(c.script))
+PARSE = [c for c in COMMANDS if not c.runs_here]
+
+
+def _recipe(script: str):
+    name = Path(script).stem
+    spec = importlib.util.spec_from_file_location(f"recipes_{name}", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------------ shadowing
+def test_no_recipe_is_named_like_an_importable_module():
+    assert str(RECIPES) not in sys.path and "" not in [p for p in sys.path if Path(p or ".").resolve() == RECIPES]
+    stems = sorted(p.stem for p in RECIPES.glob("*.py"))
+    assert {"score", "sft", "pilot", "tiny_model", "evaluate_student"} <= set(stems)
+    shadowing = {stem: importlib.util.find_spec(stem).origin for stem in stems if importlib.util.find_spec(stem)}
+    assert not shadowing, f"running a recipe as a script would shadow these modules for every import: {shadowing}"
+    assert importlib.util.find_spec("evaluate") is not None  # the check does see the package evaluate.py shadowed
+
+
+def test_every_recipe_documents_commands_that_are_run_or_parsed():
+    scripts = {c.script for c in COMMANDS}
+    assert scripts == {f"recipes/{p.name}" for p in RECIPES.glob("*.py")}, scripts
+    for script in ORDER:
+        assert any(c.script == script for c in RUN), f"no documented CPU command runs {script}"
+    # The multi-process commands the tests rely on are among them.
+    two = [c for c in RUN if "--num_processes 2" in c.text]
+    assert {c.script for c in two} >= {"recipes/score.py", "recipes/sft.py", "recipes/pilot.py"}
+    gpu = {c.script for c in PARSE}
+    assert gpu >= {"recipes/score.py", "recipes/sft.py", "recipes/pilot.py", "recipes/evaluate_student.py"}
+
+
+# ------------------------------------------------------------------------------------------------ GPU commands
+@pytest.mark.parametrize("command", PARSE, ids=[f"{c.source}:{c.script}:{i}" for i, c in enumerate(PARSE)])
+def test_gpu_command_parses_with_known_fields_only(command, monkeypatch):
+    import transformers.training_args
+    from accelerate.commands.launch import launch_command_parser
+
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)  # bf16 configs
+    argv = command.argv
+    while "=" in argv[0]:
+        argv = argv[1:]
+    if argv[0] == "accelerate":
+        launch = launch_command_parser().parse_args(argv[2:])
+        assert launch.training_script == command.script
+        if launch.config_file:
+            assert (REPO / launch.config_file).is_file(), launch.config_file
+        assert launch.num_processes is None or launch.num_processes >= 1
+    parser = _recipe(command.script).make_parser()
+    args = command.script_args
+    if "--config" in args:
+        config = yaml.safe_load((REPO / args[args.index("--config") + 1]).read_text())
+        known = {f for dataclass_type in parser.dataclass_types for f in dataclass_type.__dataclass_fields__}
+        assert not set(config) - known, f"unknown keys in {args[args.index('--config') + 1]}: {set(config) - known}"
+    parsed = parser.parse_args_and_config(args)
+    assert parsed and all(p is not None for p in parsed)
+
+
+def test_real_gpu_configs_are_for_gpus(monkeypatch):
+    import transformers.training_args
+
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    args, scorers, generation, training_args, model_args = _recipe("recipes/pilot.py").make_parser() \
+        .parse_args_and_config(["--config", str(RECIPES / "configs" / "pilot_qwen2.5-0.5b_lora.yaml")])
+    assert model_args.model_name_or_path == "Qwen/Qwen2.5-0.5B" and model_args.use_peft and model_args.lora_r == 16
+    assert training_args.bf16 and not training_args.use_cpu and model_args.dtype == "bfloat16"
+    assert 1e-4 <= training_args.learning_rate <= 2e-4 and training_args.per_device_train_batch_size * 8 == 32
+    assert training_args.ddp_timeout >= 3600 and args.n_instructions == 2000 and scorers.reward
+    assert generation.teacher_dtype == "bfloat16"
+    student, scorers, generation = _recipe("recipes/evaluate_student.py").make_parser().parse_args_and_config(
+        ["--config", str(RECIPES / "configs" / "evaluate_qwen2.5-0.5b.yaml")])
+    assert student.model_name_or_path == "runs/qwen2.5-0.5b-car-lora" and generation.teacher_dtype == "bfloat16"
+    lora = yaml.safe_load((RECIPES / "configs" / "qwen2.5-0.5b_lora.yaml").read_text())
+    assert student.model_name_or_path == lora["output_dir"]  # it evaluates what the LoRA config trains
+    for name in ("qwen2.5-0.5b_lora", "qwen2.5-0.5b_full", "llama-3.2-1b_lora"):
+        assert yaml.safe_load((RECIPES / "configs" / f"{name}.yaml").read_text())["ddp_timeout"] == 10800
+
+
+# ------------------------------------------------------------------------------------------------ CPU commands
+def _run(command: Command, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONUNBUFFERED="1", HF_DATASETS_CACHE=str(cwd / ".hf_datasets_cache"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.setdefault("OMP_NUM_THREADS", "1")  # a command's own OMP_NUM_THREADS=1 prefix is part of its text
+    for attempt in range(4):
+        result = subprocess.run(["bash", "-c", command.text], cwd=cwd, env=env, capture_output=True, text=True,
+                                timeout=400, check=False)
+        # The 2-process commands use accelerate's default port; another test's launcher may hold it for a while.
+        if result.returncode == 0 or "another process is utilizing it" not in result.stderr + result.stdout:
+            break
+        time.sleep(15 * (attempt + 1))
+    assert result.returncode == 0, (f"{command.source}: {command.text}\nfailed ({result.returncode}):\n"
+                                    f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def _scores(out: Path):
+    parts = sorted((out / "_car_scored" / "cache").glob("*/chunk-*"))
+    return concatenate_datasets([load_from_disk(str(p)) for p in parts]), parts
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """Every CPU command, verbatim, in order, from a folder laid out like the repository root; each sft.py and
+    pilot.py command starts from a fresh output folder, whose scores and selection are kept per command."""
+    root = tmp_path_factory.mktemp("root")
+    (root / "recipes").symlink_to(RECIPES, target_is_directory=True)
+    kept: dict[str, dict] = {}
+    for command in RUN:
+        if command.script == "recipes/sft.py":
+            subprocess.run(["rm", "-rf", str(root / "runs" / "sft-tiny-cpu")], check=True)
+        if command.script == "recipes/pilot.py":
+            subprocess.run(["rm", "-rf", str(root / "runs" / "pilot-tiny")], check=True)
+        result = _run(command, root)
+        if command.script == "recipes/sft.py":
+            from car_hf.callbacks import read_selection_summary
+
+            out = root / "runs" / "sft-tiny-cpu"
+            scores, parts = _scores(out)
+            kept[command.text] = {
+                "scores": scores.to_pandas(), "parts": [p.name for p in parts],
+                "selection": read_selection_summary(out),
+                "progress": [json.loads(p.read_text()) for p in sorted((out / "_car_scored").glob("progress-*"))],
+                "log": result.stderr}
+        if command.script == "recipes/pilot.py":
+            kept[command.text] = json.loads((root / "runs" / "pilot-tiny" / "report.json").read_text())
+    return root, kept
+
+
+def test_cpu_commands_run_as_written(ran):
+    root, _ = ran
+    assert (root / "runs" / "tiny-data" / "heldout.jsonl").is_file()
+    assert (root / "runs" / "score-tiny-cpu" / "leaderboard.csv").is_file()
+    summary = json.loads((root / "runs" / "evaluate" / "summary.json").read_text())
+    assert summary["n_items"] == 12 and summary["baseline"].endswith("tiny-model")  # the adapter's base model
+    assert (root / "runs" / "pilot-tiny" / "report.md").is_file()
+
+
+def test_sft_two_processes_share_the_scoring_and_match_one_process(ran):
+    _, kept = ran
+    sft = {text: value for text, value in kept.items() if "recipes/sft.py" in text}
+    one = next(v for t, v in sft.items() if t.startswith("python recipes/sft.py"))
+    two = next(v for t, v in sft.items() if "--num_processes 2" in t)
+    # The work divided: 24 rows in 6 chunks of 4, each rank scored its own 3 (none waited for the whole dataset).
+    assert [p["chunks"] for p in one["progress"]] == [[0, 1, 2, 3, 4, 5]]
+    assert [(p["rank"], p["world_size"], p["chunks"], p["scored"]) for p in two["progress"]] == \
+        [(0, 2, [0, 1, 2], [0, 1, 2]), (1, 2, [3, 4, 5], [3, 4, 5])]
+    assert "[rank 1/2] INFO car_hf.distributed: chunk 5 (rows 20-23) of 6 scored and saved" in two["log"]
+    # The results of one process: the same scores, the same selected rows.
+    assert len(one["scores"]) == len(two["scores"]) == 24
+    assert (one["scores"]["base_loss"] - two["scores"]["base_loss"]).abs().max() < 1e-5
+    assert one["scores"]["output"].tolist() == two["scores"]["output"].tolist()
+    for key in ("rows_kept", "rows_total", "cutoff", "top_fraction"):
+        assert one["selection"][key] == pytest.approx(two["selection"][key], abs=1e-9), key
+    assert one["selection"]["rows_kept"] == 16
+    from datasets import Dataset
+
+    from car_hf.selection import select
+
+    rows = [list(select(Dataset.from_pandas(v["scores"], preserve_index=False), "top_fraction", 0.66,
+                        reward_column="reward").rows["output"]) for v in (one, two)]
+    assert rows[0] == rows[1] and len(rows[0]) == 16
+
