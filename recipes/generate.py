@@ -18,15 +18,24 @@ N processes give the rows of one, row for row); vLLM and servers bring their own
 process. Chunks are saved to the cache (``car_hf.cache``) as they complete: a killed run resumes without
 generating a saved chunk again, and a run with another teacher, option or data generates afresh. The main
 process writes ``output_dir/generated`` (a ``save_to_disk`` folder, rows in the original order, with
-``car_config.json``: the teacher configuration and provenance). ``CAR_HF_FAIL_AFTER_CHUNKS=N`` makes each
+``car_config.json``: the teacher configuration, provenance and retries). ``CAR_HF_FAIL_AFTER_CHUNKS=N`` makes each
 process exit after N chunks (for testing).
+
+vLLM and servers get a whole chunk per generation call (``map_batch_size`` applies to the transformers engine), so
+vLLM's scheduler and ``max_concurrency`` are the only limits; vLLM's engine options are ``--gpu_memory_utilization``,
+``--max_model_len``, ``--enforce_eager`` and ``--engine_kwargs '{"max_num_seqs": 512}'`` (or a mapping in YAML).
+Exit status: 2 for a user error (one line), 3 when generation failed for some rows after the retries: the finished
+rows are kept (chunks in the cache, the rest of a failed chunk in ``output_dir/kept-responses.json``) and the same
+command run again generates only the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +90,9 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
 
     from car_hf.data import save_data
     from car_hf.distributed import run_chunks, start_processes
-    from car_hf.generate import add_responses, resolve_engine
+    from car_hf.generate import add_responses, map_batch_size, resolve_engine
     from car_hf.inputs import check_data_source, check_model_source
+    from car_hf.resume import KEPT_FILE, keeping_responses, retry_counts, retry_summary
 
     state = start_processes(cpu=args.cpu, timeout_minutes=args.timeout_minutes)
     world = state.num_processes
@@ -104,8 +114,16 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
     device = {"teacher_device": str(state.device)} if engine == "transformers" else {}
     generator = add_responses(config=dataclasses.replace(config, engine=engine, **device))
     output_dir = Path(args.output_dir)
-    generated = run_chunks(state, ds, generator, output_dir, chunk_rows=args.chunk_rows,
-                           batch_size=args.map_batch_size, overwrite=args.overwrite)
+    # vllm and openai get a whole chunk per call; the finished rows of a chunk that fails are kept beside the cache
+    # (one process: only those engines fail with some rows done).
+    keeping = keeping_responses(output_dir / KEPT_FILE) if world == 1 else contextlib.nullcontext()
+    try:
+        with keeping:
+            generated = run_chunks(state, ds, generator, output_dir, chunk_rows=args.chunk_rows,
+                                   batch_size=map_batch_size(generator, args.map_batch_size), overwrite=args.overwrite)
+    finally:
+        if retry_counts([generator]):
+            logger.warning("%s", retry_summary([generator]))
 
     # 3. The main process writes the generated dataset.
     result = None
@@ -113,7 +131,8 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
         column = generator.config.generation_column
         truncated = sum(generated[f"{column}_truncated"])
         record = generator.record() | {"dataset": args.dataset_name, "n_rows": len(generated), "truncated": truncated,
-                                       "chunk_rows": args.chunk_rows, "world_size": world}
+                                       "chunk_rows": args.chunk_rows, "world_size": world,
+                                       "retries": dict(retry_counts([generator]))}
         result = save_data(generated, str(output_dir / "generated"), record)
         if truncated:
             logger.warning("%d of %d responses were cut at max_new_tokens=%d (flagged in %s_truncated)", truncated,
@@ -124,7 +143,17 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
 
 
 if __name__ == "__main__":
+    from car_hf.errors import EXIT_GENERATION_FAILED, EXIT_USER_ERROR
+    from car_hf.resume import failure_line
+    from car_hf.teacher import mask_secrets
+
+    parsed = make_parser().parse_args_and_config()
     try:
-        main(*make_parser().parse_args_and_config())
-    except (ConfigError, InputError, ModelLoadError, GenerationError) as error:
-        sys.exit(f"generate.py: error: {error}")
+        main(*parsed)
+    except GenerationError as error:  # exit 3: the finished rows are kept, the same command resumes
+        print(failure_line("generate.py", error, parsed[0].output_dir, shlex.join(["python", *sys.argv])),
+              file=sys.stderr)
+        sys.exit(EXIT_GENERATION_FAILED)
+    except (ConfigError, InputError, ModelLoadError) as error:
+        print(" ".join(mask_secrets(f"generate.py: error: {error}").split()), file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

@@ -39,7 +39,8 @@ class Command:
 
     @property
     def argv(self) -> list[str]:
-        return shlex.split(os.path.expandvars(self.text.replace("\\\n", " ")), comments=True)
+        text = re.sub(r"\$(\w+)", lambda m: _EXAMPLE_ENV.get(m.group(1), m.group(0)), self.text)
+        return shlex.split(text.replace("\\\n", " "), comments=True)
 
     @property
     def script(self) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from datasets import Dataset, load_from_disk
+from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from car_hf import ConfigError, InputError
 
@@ -150,13 +150,15 @@ def test_sft_tiny_cpu_trains_selects_saves_merges_and_pushes(workdir):
     # Scores: car_hf's base_loss of the model being tuned, at the training max_length (256).
     from car_hf import add_base_loss
 
-    (part,) = (out / "_car_scored").glob("*/scored")  # the score cache: one key, one part
-    scored = load_from_disk(str(part))
+    # The score cache: one key, the 24 rows in 6 chunks of scoring_chunk_rows=4, all scored by the one process.
+    parts = sorted((out / "_car_scored" / "cache").glob("*/chunk-*"))
+    assert [p.name for p in parts] == [f"chunk-{c:05d}-of-00006" for c in range(6)]
+    scored = concatenate_datasets([load_from_disk(str(p)) for p in parts])
     expected = Dataset.from_list(tiny_model.synthetic_rows()).map(
         add_base_loss(str(workdir / "runs" / "tiny-model"), max_length=256), batched=True)
     assert list(scored["base_loss"]) == pytest.approx(list(expected["base_loss"]), abs=1e-6)
-    config = json.loads((part / "car_hf_part.json").read_text())["scoring"]
-    assert config["beta"] == 1.0 and config["score_max_length"] == 256
+    progress = json.loads((out / "_car_scored" / "progress-00000-of-00001.json").read_text())
+    assert progress["scored"] == list(range(6))
 
     # Selection: the 16 best-CAR rows of 24, recorded in trainer_state.json and the model card.
     from car_hf.callbacks import read_selection_summary
@@ -260,7 +262,7 @@ def test_sft_raw_data_empty_selection_is_reported_after_scoring_but_before_train
     monkeypatch.setattr(trl.SFTTrainer, "__init__", refuse)
     with pytest.raises(ValueError, match="keeps 0 of 24 rows"):
         sft.main(*sft_args(workdir, tmp_path, "--select", "threshold", "--select_value", "1e9"))
-    assert list((tmp_path / "out" / "_car_scored").glob("*/scored/state.json"))  # scored, then refused
+    assert len(list((tmp_path / "out" / "_car_scored" / "cache").glob("*/chunk-*/state.json"))) == 6  # scored, refused
     assert not (tmp_path / "out" / "adapter_config.json").exists()
 
 

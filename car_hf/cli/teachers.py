@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CARConfig
-from ..errors import ConfigError
+from ..errors import EXIT_GENERATION_FAILED, ConfigError, GenerationError, InputError
 from ..teacher import TeacherConfig
 from .common import (SPELLINGS_NOTE, CommandLineMixin, Parser, add_dataclass_arguments, add_deprecated_flags,
                      add_map_arguments, add_output_dir, config_from_args, other_spelling)
@@ -59,35 +59,74 @@ def _teachers(args: argparse.Namespace) -> list[TeacherConfig]:
     return teachers
 
 
+def _generation_failed(args: argparse.Namespace, error: Any, checkpoint: Path, generators: list[Any]) -> int:
+    """Say which rows failed and how to resume (one line on stderr); the exit status of a failed generation."""
+    import sys
+
+    from ..resume import failure_line, retry_summary
+
+    rerun = shlex.join(["car-hf", *getattr(args, "argv", sys.argv[1:])])
+    print(failure_line(f"car-hf {args.command}", error, checkpoint, rerun, retry_summary(generators)), file=sys.stderr)
+    return EXIT_GENERATION_FAILED
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..data import load_data, map_scores, save_data
-    from ..generate import add_responses
+    from ..cache import ScoreCache, scoring_key
+    from ..data import load_data, save_data
+    from ..distributed import gather_chunks, score_chunks
+    from ..generate import add_responses, map_batch_size
+    from ..resume import KEPT_FILE, default_checkpoint, keeping_responses, retry_counts, retry_summary
 
     generator = add_responses(config=_teacher_defaults(args, teacher=args.teacher))
     ds = load_data(args.data, split=args.split)
-    generated = map_scores(ds, generator, batch_size=args.batch_size, desc=f"{generator.config.label}: generating")
-    path = save_data(generated, args.output_dir, generator.record())
+    if len(ds) == 0:
+        raise InputError(f"{args.data} has no rows: there is nothing to generate")
+    # Finished chunks go to the checkpoint as they complete, and the finished rows of a failed chunk with them:
+    # the same command run again resumes there.
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(args.output_dir)
+    cache = ScoreCache(checkpoint, scoring_key(generator, ds, chunk_rows=args.chunk_rows))
+    try:
+        with keeping_responses(checkpoint / KEPT_FILE):
+            score_chunks(ds, generator, cache, chunk_rows=args.chunk_rows,
+                         batch_size=map_batch_size(generator, args.batch_size))
+    except GenerationError as error:
+        return _generation_failed(args, error, checkpoint, [generator])
+    generated = gather_chunks(cache, len(ds), args.chunk_rows, ds)
+    retries = retry_counts([generator])
+    path = save_data(generated, args.output_dir, generator.record() | {"retries": dict(retries)})
     truncated = sum(generated[f"{generator.config.generation_column}_truncated"])
     print(f"generated {len(generated)} responses with {generator.config.label} → {path}"
           + (f" ({truncated} cut at max_new_tokens: flagged in {generator.config.generation_column}_truncated)"
-             if truncated else ""))
+             if truncated else "") + (f"; {retry_summary([generator])}" if retries else ""))
     return 0
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
     from ..data import load_data, ranking_markdown, write_ranking
+    from ..generate import add_responses
+    from ..resume import KEPT_FILE, default_checkpoint, keeping_responses, retry_summary
     from ..scoring import scorer_for_ranking
     from ..trial import rank_teachers
 
     config = config_from_args(args)
     teachers = _teachers(args)
     instructions = load_data(args.data, split=args.split, max_instructions=args.max_instructions)
-    result = rank_teachers(instructions, teachers, scorer_for_ranking(config), target=args.target,
-                           confidence=args.confidence, max_responses=args.max_responses, n_bootstrap=args.bootstrap,
-                           seed=args.seed, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                           config={"teachers": [t.record() for t in teachers]})
+    # Rounds are cached as they finish, and the finished rows of a failed round with them: a rerun resumes.
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(args.output_dir or "car-hf-trial")
+    generators = [add_responses(config=t) for t in teachers]  # the same engines as the trial's: their retries
+    try:
+        with keeping_responses(checkpoint / KEPT_FILE):
+            result = rank_teachers(instructions, teachers, scorer_for_ranking(config), target=args.target,
+                                   confidence=args.confidence, max_responses=args.max_responses,
+                                   n_bootstrap=args.bootstrap, seed=args.seed, checkpoint=checkpoint,
+                                   batch_size=args.batch_size, config={"teachers": [t.record() for t in teachers]})
+    except GenerationError as error:
+        return _generation_failed(args, error, checkpoint, generators)
     print(ranking_markdown(result.table))
     print("\n" + result.summary())
+    retries = retry_summary(generators)
+    if retries:
+        print(retries)
     if args.output_dir:
         written = write_ranking(args.output_dir, result.table, result.scored)
         print(f"\nwrote {', '.join(str(p) for p in written)}")
@@ -161,6 +200,9 @@ def add_commands(commands: Any) -> None:
                                        "or a Hub dataset id")
     generate.add_argument("--split", default="train", help="split of a Hub dataset or saved DatasetDict")
     add_output_dir(generate, "where to write: a folder (save_to_disk), or a .parquet or .jsonl file", required=True)
+    generate.add_argument("--checkpoint", help="folder of finished work, resumed by re-running the same command "
+                                               "(default: beside the output, <output>.checkpoint)")
+    generate.add_argument("--chunk-rows", type=int, default=256, help="rows per chunk, the unit saved as it finishes")
     add_map_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
 
@@ -184,7 +226,8 @@ def add_commands(commands: Any) -> None:
     trial.add_argument("--max-responses", type=int, help="generation budget, all teachers together")
     trial.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the rule and the table")
     trial.add_argument("--seed", type=int, default=0, help="seed of the instruction order and the bootstrap")
-    trial.add_argument("--checkpoint", help="folder of the trial's cache: a rerun resumes, generating nothing twice")
+    trial.add_argument("--checkpoint", help="folder of the trial's cache: a rerun resumes, generating nothing twice "
+                                            "(default: beside --output-dir, <output-dir>.checkpoint)")
     add_output_dir(trial, "write the ranking folder (leaderboard, scored rows) car-hf push reads")
     add_map_arguments(trial)
     trial.set_defaults(handler=cmd_trial, batch_size=16)
