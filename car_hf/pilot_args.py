@@ -48,8 +48,9 @@ class PilotArguments:
 
 def pilot_parser(parser_class: type | None = None, **kwargs: Any) -> Any:
     """The ``TrlParser`` (or ``parser_class``, a subclass) of a pilot: :class:`PilotArguments`,
-    ``EvaluationArguments`` (the scorers), ``TeacherConfig`` (the students' generation), :class:`PilotSFTConfig`
-    and ``trl.ModelConfig``; ``--config`` reads a YAML file of them (command-line options override it).
+    ``EvaluationArguments`` (the scorers), ``TeacherConfig`` (the students' generation),
+    :class:`~car_hf.pilot_sft.PilotSFTConfig` and ``trl.ModelConfig``; ``--config`` reads a YAML file of them
+    (command-line options override it).
 
     >>> args, scorers, generation, training_args, model_args = pilot_parser().parse_args_and_config(
     ...     ["--model_name_or_path", "student", "--seeds", "0", "1", "--metric", "answer_match", "--use_peft",

@@ -96,12 +96,12 @@ def retry_counts(generators: Sequence[Any]) -> Counter[str]:
     return sum((g.retries() for g in generators if isinstance(g, ResponseGenerator)), Counter())
 
 
-def retry_summary(generators: Sequence[Any]) -> str | None:
-    """One line on the retries of the generators' engines in this process (count and causes), or None."""
-    total = retry_counts(generators)
-    if not total:
+def retry_summary(counts: Counter[str]) -> str | None:
+    """One line on retries counted by cause (:func:`retry_counts`, or the difference of two), or None if none."""
+    counts = +counts  # drop causes counted zero times
+    if not counts:
         return None
-    return f"retried {sum(total.values())} request(s): " + ", ".join(f"{c} x{n}" for c, n in total.most_common())
+    return f"retried {sum(counts.values())} request(s): " + ", ".join(f"{c} x{n}" for c, n in counts.most_common())
 
 
 def failure_line(command: str, error: GenerationError, checkpoint: str | os.PathLike, rerun: str,

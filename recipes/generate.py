@@ -117,13 +117,15 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
     # vllm and openai get a whole chunk per call; the finished rows of a chunk that fails are kept beside the cache
     # (one process: only those engines fail with some rows done).
     keeping = keeping_responses(output_dir / KEPT_FILE) if world == 1 else contextlib.nullcontext()
+    before = retry_counts([generator])  # this run's retries (the engine may have served an earlier call)
     try:
         with keeping:
             generated = run_chunks(state, ds, generator, output_dir, chunk_rows=args.chunk_rows,
                                    batch_size=map_batch_size(generator, args.map_batch_size), overwrite=args.overwrite)
     finally:
-        if retry_counts([generator]):
-            logger.warning("%s", retry_summary([generator]))
+        retries = retry_counts([generator]) - before
+        if retries:
+            logger.warning("%s", retry_summary(retries))
 
     # 3. The main process writes the generated dataset.
     result = None
@@ -132,7 +134,7 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
         truncated = sum(generated[f"{column}_truncated"])
         record = generator.record() | {"dataset": args.dataset_name, "n_rows": len(generated), "truncated": truncated,
                                        "chunk_rows": args.chunk_rows, "world_size": world,
-                                       "retries": dict(retry_counts([generator]))}
+                                       "retries": dict(retries)}
         result = save_data(generated, str(output_dir / "generated"), record)
         if truncated:
             logger.warning("%d of %d responses were cut at max_new_tokens=%d (flagged in %s_truncated)", truncated,

@@ -9,14 +9,18 @@ Failure injection, to exercise a client's retries:
 
 * ``server.script = ["503", "503"]``: the next requests get these failures, in order, then answers;
 * ``server.fail_always = "500"``: every request fails;
+* ``server.fail_after = (6, "503")``: the first 6 requests are answered, every later one fails (an endpoint that
+  goes down mid-run);
 * ``server.fail_if = lambda body: "500" if ... else None``: per request (e.g. for one prompt only).
 
 A failure is an HTTP status (``"500"``, ``"503"``, ``"429"``: with ``Retry-After: <server.retry_after>``),
-``"timeout"`` (the answer comes after ``server.delay`` seconds) or ``"malformed"`` (a 200 whose body is not
-JSON). Error bodies quote the request's ``Authorization`` header, as a careless proxy would, so a test can
-check that the client never surfaces it.
+``"timeout"`` (the answer comes after ``server.delay`` seconds), ``"drop"`` (the connection is closed without an
+answer), ``"malformed"`` (a 200 whose body is not JSON), ``"null"`` or ``"empty"`` (a 200 chat completion whose
+``content`` is null or ``""``). Error bodies quote the request's ``Authorization`` header and URL, as a careless
+proxy would, so a test can check that the client never surfaces them.
 
-Every request is recorded (:attr:`OpenAIServer.requests`: path, headers with lower-case names, JSON body);
+Every request is recorded (:attr:`OpenAIServer.requests`: path with its query, headers with lower-case names, JSON
+body);
 answers take ``server.latency`` seconds (0 by default; more, to see concurrent requests). With ``token`` set,
 requests without ``Authorization: Bearer <token>`` get a 401.
 
@@ -73,6 +77,7 @@ class OpenAIServer(LoopbackServer):
         self.script: list[str] = []
         self.fail_always: str | None = None
         self.fail_if: Callable[[dict[str, Any]], str | None] | None = None
+        self.fail_after: tuple[int, str] | None = None
         self.retry_after = 0.01
         self.delay = 1.0
         self.latency = 0.0
@@ -89,6 +94,8 @@ class OpenAIServer(LoopbackServer):
         with self._lock:
             if self.script:
                 return self.script.pop(0)
+            if self.fail_after is not None and len(self.requests) > self.fail_after[0]:
+                return self.fail_after[1]
         if self.fail_always is not None:
             return self.fail_always
         return self.fail_if(body) if self.fail_if is not None else None
@@ -130,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
                 double._in_flight -= 1
 
     def _answer(self, double: OpenAIServer, body: dict[str, Any], auth: str | None) -> None:
-        if self.path != "/v1/chat/completions":
+        if self.path.split("?")[0] != "/v1/chat/completions":
             return self._send(404, json.dumps({"error": f"no route {self.path}"}).encode())
         if double.token is not None and auth != f"Bearer {double.token}":
             return self._send(401, json.dumps({"error": "invalid token"}).encode())
@@ -139,12 +146,16 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(min(double.delay, MAX_DELAY))
         elif failure == "malformed":
             return self._send(200, b'{"choices": [{"message": ')
-        elif failure is not None:
+        elif failure == "drop":
+            self.close_connection = True
+            return None
+        elif failure not in (None, "null", "empty"):
             headers = {"Retry-After": str(double.retry_after)} if failure == "429" else {}
-            message = {"error": f"injected failure {failure} for request with Authorization: {auth}"}
+            message = {"error": f"injected failure {failure} for {self.path} with Authorization: {auth}"}
             return self._send(int(failure), json.dumps(message).encode(), headers)
         time.sleep(min(double.latency, MAX_DELAY))
         text, reason, tokens = double.responder(body["messages"], int(body.get("max_tokens") or 16))
+        text = {"null": None, "empty": ""}.get(failure, text)
         answer = {
             "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],

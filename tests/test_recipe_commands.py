@@ -103,7 +103,8 @@ RUN = sorted((c for c in COMMANDS if c.runs_here), key=lambda c: ORDER.index(c.s
 PARSE = [c for c in COMMANDS if not c.runs_here]
 
 
-def _recipe(script: str):
+def load_recipe(script: str):
+    """A recipe as a module, by path (``recipes/`` stays off ``sys.path``); ``script``: ``name`` or its path."""
     name = Path(script).stem
     spec = importlib.util.spec_from_file_location(f"recipes_{name}", RECIPES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -114,7 +115,7 @@ def _recipe(script: str):
 
 # ------------------------------------------------------------------------------------------------ shadowing
 def test_no_recipe_is_named_like_an_importable_module():
-    assert str(RECIPES) not in sys.path and "" not in [p for p in sys.path if Path(p or ".").resolve() == RECIPES]
+    assert all(Path(p or ".").resolve() != RECIPES for p in sys.path)  # as a script sees it, minus its own folder
     stems = sorted(p.stem for p in RECIPES.glob("*.py"))
     assert {"score", "sft", "pilot", "tiny_model", "evaluate_student"} <= set(stems)
     shadowing = {stem: importlib.util.find_spec(stem).origin for stem in stems if importlib.util.find_spec(stem)}
@@ -150,7 +151,7 @@ def test_gpu_command_parses_with_known_fields_only(command, monkeypatch):
         if launch.config_file:
             assert (REPO / launch.config_file).is_file(), launch.config_file
         assert launch.num_processes is None or launch.num_processes >= 1
-    parser = _recipe(command.script).make_parser()
+    parser = load_recipe(command.script).make_parser()
     args = command.script_args
     if "--config" in args:
         config = yaml.safe_load((REPO / args[args.index("--config") + 1]).read_text())
@@ -164,14 +165,14 @@ def test_real_gpu_configs_are_for_gpus(monkeypatch):
     import transformers.training_args
 
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
-    args, scorers, generation, training_args, model_args = _recipe("recipes/pilot.py").make_parser() \
+    args, scorers, generation, training_args, model_args = load_recipe("recipes/pilot.py").make_parser() \
         .parse_args_and_config(["--config", str(RECIPES / "configs" / "pilot_qwen2.5-0.5b_lora.yaml")])
     assert model_args.model_name_or_path == "Qwen/Qwen2.5-0.5B" and model_args.use_peft and model_args.lora_r == 16
     assert training_args.bf16 and not training_args.use_cpu and model_args.dtype == "bfloat16"
     assert 1e-4 <= training_args.learning_rate <= 2e-4 and training_args.per_device_train_batch_size * 8 == 32
     assert training_args.ddp_timeout >= 3600 and args.n_instructions == 2000 and scorers.reward
     assert generation.teacher_dtype == "bfloat16"
-    student, scorers, generation = _recipe("recipes/evaluate_student.py").make_parser().parse_args_and_config(
+    student, scorers, generation = load_recipe("recipes/evaluate_student.py").make_parser().parse_args_and_config(
         ["--config", str(RECIPES / "configs" / "evaluate_qwen2.5-0.5b.yaml")])
     assert student.model_name_or_path == "runs/qwen2.5-0.5b-car-lora" and generation.teacher_dtype == "bfloat16"
     lora = yaml.safe_load((RECIPES / "configs" / "qwen2.5-0.5b_lora.yaml").read_text())

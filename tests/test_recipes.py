@@ -6,7 +6,6 @@ holding the tiny model and data that ``recipes/tiny_model.py`` writes; argument 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,23 +19,16 @@ import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from car_hf import ConfigError, InputError
+from test_recipe_commands import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 CONFIGS = RECIPES / "configs"
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipes_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny_model = _module("tiny_model")
-sft = _module("sft")
-score = _module("score")
+tiny_model = load_recipe("tiny_model")
+sft = load_recipe("sft")
+score = load_recipe("score")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

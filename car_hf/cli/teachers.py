@@ -59,14 +59,14 @@ def _teachers(args: argparse.Namespace) -> list[TeacherConfig]:
     return teachers
 
 
-def _generation_failed(args: argparse.Namespace, error: Any, checkpoint: Path, generators: list[Any]) -> int:
+def _generation_failed(args: argparse.Namespace, error: Any, checkpoint: Path, retries: Any) -> int:
     """Say which rows failed and how to resume (one line on stderr); the exit status of a failed generation."""
     import sys
 
     from ..resume import failure_line, retry_summary
 
     rerun = shlex.join(["car-hf", *getattr(args, "argv", sys.argv[1:])])
-    print(failure_line(f"car-hf {args.command}", error, checkpoint, rerun, retry_summary(generators)), file=sys.stderr)
+    print(failure_line(f"car-hf {args.command}", error, checkpoint, rerun, retry_summary(retries)), file=sys.stderr)
     return EXIT_GENERATION_FAILED
 
 
@@ -85,26 +85,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # the same command run again resumes there.
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(args.output_dir)
     cache = ScoreCache(checkpoint, scoring_key(generator, ds, chunk_rows=args.chunk_rows))
+    before = retry_counts([generator])  # this command's retries: the engine may have served an earlier call
     try:
         with keeping_responses(checkpoint / KEPT_FILE):
             score_chunks(ds, generator, cache, chunk_rows=args.chunk_rows,
                          batch_size=map_batch_size(generator, args.batch_size))
     except GenerationError as error:
-        return _generation_failed(args, error, checkpoint, [generator])
+        return _generation_failed(args, error, checkpoint, retry_counts([generator]) - before)
     generated = gather_chunks(cache, len(ds), args.chunk_rows, ds)
-    retries = retry_counts([generator])
+    retries = retry_counts([generator]) - before
     path = save_data(generated, args.output_dir, generator.record() | {"retries": dict(retries)})
     truncated = sum(generated[f"{generator.config.generation_column}_truncated"])
     print(f"generated {len(generated)} responses with {generator.config.label} → {path}"
           + (f" ({truncated} cut at max_new_tokens: flagged in {generator.config.generation_column}_truncated)"
-             if truncated else "") + (f"; {retry_summary([generator])}" if retries else ""))
+             if truncated else "") + (f"; {retry_summary(retries)}" if retries else ""))
     return 0
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
     from ..data import load_data, ranking_markdown, write_ranking
     from ..generate import add_responses
-    from ..resume import KEPT_FILE, default_checkpoint, keeping_responses, retry_summary
+    from ..resume import KEPT_FILE, default_checkpoint, keeping_responses, retry_counts, retry_summary
     from ..scoring import scorer_for_ranking
     from ..trial import rank_teachers
 
@@ -114,6 +115,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     # Rounds are cached as they finish, and the finished rows of a failed round with them: a rerun resumes.
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(args.output_dir or "car-hf-trial")
     generators = [add_responses(config=t) for t in teachers]  # the same engines as the trial's: their retries
+    before = retry_counts(generators)
     try:
         with keeping_responses(checkpoint / KEPT_FILE):
             result = rank_teachers(instructions, teachers, scorer_for_ranking(config), target=args.target,
@@ -121,10 +123,10 @@ def cmd_trial(args: argparse.Namespace) -> int:
                                    n_bootstrap=args.bootstrap, seed=args.seed, checkpoint=checkpoint,
                                    batch_size=args.batch_size, config={"teachers": [t.record() for t in teachers]})
     except GenerationError as error:
-        return _generation_failed(args, error, checkpoint, generators)
+        return _generation_failed(args, error, checkpoint, retry_counts(generators) - before)
     print(ranking_markdown(result.table))
     print("\n" + result.summary())
-    retries = retry_summary(generators)
+    retries = retry_summary(retry_counts(generators) - before)
     if retries:
         print(retries)
     if args.output_dir:
@@ -236,4 +238,4 @@ def add_commands(commands: Any) -> None:
     # SFTConfig and ModelConfig options, a --config YAML).
     commands.add_parser("pilot", add_help=False,
                         help="fine-tune the student on each candidate teacher's answers and check CAR's prediction "
-                             "(recipes/pilot.py's options: car-hf pilot --help)")
+                             "(recipes/pilot.py's options: car-hf pilot --help; TRL's too: --help-all)")
