@@ -63,3 +63,82 @@ def test_trial_input_errors_are_one_line(tmp_path, questions, capsys):
     assert "unknown field(s) ['temprature']" in capsys.readouterr().err
     assert main(["trial", str(questions), "--teacher", "only-one"]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    """The loopback OpenAI-compatible server, with huggingface_hub's offline mode off (it blocks every request)."""
+    import huggingface_hub.constants
+
+    from openai_server import OpenAIServer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with OpenAIServer(lifetime=60) as server:
+        yield server
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if "error:" in line]  # what is left once progress bars are set aside
+
+
+def test_generate_against_a_failing_endpoint_keeps_finished_rows_and_resumes(tmp_path, endpoint, capsys):
+    import shlex
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(8)))
+    out = tmp_path / "generated.jsonl"
+    argv = ["generate", str(data), "--teacher", "served", "--base-url", endpoint.base_url, "--max-concurrency", "1",
+            "--max-retries", "2", "--retry-backoff", "0.01", "--max-new-tokens", "8", "-o", str(out)]
+    endpoint.fail_after = (6, "503")  # answers 6 requests, then goes down
+    assert main(argv) == 3  # EXIT_GENERATION_FAILED: not a traceback, not a usage error
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith("car-hf generate: error: generation failed for 2 row(s) (6, 7): 2 of 8 request(s)")
+    assert "retried 4 request(s): HTTP 503 x4" in line and "after 3 attempt(s): HTTP 503" in line
+    assert line.endswith(f"Finished work is kept in {out}.checkpoint: run the same command again to generate only "
+                         f"what is missing: {shlex.join(['car-hf', *argv])}")
+    assert not out.exists()
+    kept = json.loads((tmp_path / "generated.jsonl.checkpoint" / "kept-responses.json").read_text())["kept_responses"]
+    assert sorted(e["text"] for e in kept) == [f"Echo: question {i}" for i in range(6)]
+
+    endpoint.fail_after, asked = None, len(endpoint.requests)
+    assert main(argv) == 0
+    assert [r["body"]["messages"][-1]["content"] for r in endpoint.requests[asked:]] == ["question 6", "question 7"]
+    rows = load_dataset("json", data_files=str(out), split="train")
+    assert rows["response"] == [f"Echo: question {i}" for i in range(8)]
+    assert json.loads((tmp_path / "generated.jsonl.car_config.json").read_text())["retries"] == {}
+    assert not (tmp_path / "generated.jsonl.checkpoint" / "kept-responses.json").exists()
+
+
+def test_generate_reports_retries_in_its_summary(tmp_path, endpoint, capsys):
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(3)))
+    endpoint.script = ["503", "429", "timeout"]
+    endpoint.delay = 1.0
+    assert main(["generate", str(data), "--teacher", "served", "--base-url", endpoint.base_url, "--max-concurrency",
+                 "1", "--retry-backoff", "0.01", "--request-timeout", "0.3", "-o", str(tmp_path / "o.jsonl")]) == 0
+    summary = capsys.readouterr().out
+    assert "generated 3 responses" in summary and "retried 3 request(s): " in summary
+    assert all(cause in summary for cause in ("HTTP 503 x1", "HTTP 429 x1", "timeout x1"))
+    record = json.loads((tmp_path / "o.jsonl.car_config.json").read_text())
+    assert record["retries"] == {"HTTP 503": 1, "HTTP 429": 1, "timeout": 1}
+
+
+def test_trial_against_a_failing_endpoint_keeps_finished_rows_and_resumes(tmp_path, endpoint, hf_cache, questions,
+                                                                          tiny_model_dir, capsys):
+    prompts = [row["instruction"] for row in load_dataset("json", data_files=str(questions), split="train")]
+    endpoint.fail_if = lambda body: "500" if body["messages"][-1]["content"] == prompts[5] else None
+    teachers = tmp_path / "teachers.yaml"
+    teachers.write_text(yaml.safe_dump([{"teacher": "served", "teacher_name": "terse", "max_new_tokens": 2},
+                                        {"teacher": "served", "teacher_name": "wordy", "max_new_tokens": 12}]))
+    argv = ["trial", str(questions), "--teachers", str(teachers), "--base-url", endpoint.base_url, "--max-retries",
+            "1", "--retry-backoff", "0.01", "--base-model", str(tiny_model_dir), "--reward-model",
+            "test_cli_teachers:length_reward", "--bootstrap", "50", "--output-dir", str(tmp_path / "trial")]
+    assert main(argv) == 3
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith("car-hf trial: error: generation failed for 1 row(s)") and "retried 1 request(s)" in line
+    assert f"kept in {tmp_path / 'trial'}.checkpoint" in line
+    endpoint.fail_if, asked = None, len(endpoint.requests)
+    assert main(argv) == 0
+    again = [r["body"]["messages"][-1]["content"] for r in endpoint.requests[asked:]]
+    assert again.count(prompts[5]) == 1 and len(again) < 16 - 7  # the failed row, not the finished ones again
+    assert "teacher trial: stopped" in capsys.readouterr().out
