@@ -53,7 +53,8 @@ class GenerationError(RuntimeError):
 
 
 EXIT_USER_ERROR = 2
-"""Exit status of ``car-hf`` and the recipes for an error the user can fix (an option, a row): one line, no traceback."""
+"""Exit status of ``car-hf`` and the recipes for an error the user can fix (an option, a row): one line, no
+traceback."""
 
 EXIT_GENERATION_FAILED = 3
 """Exit status when generation failed for some rows after the retries (an endpoint kept failing or refused them):

@@ -75,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_COLUMNS = ("messages", "prompt", "instruction")
 SELF_SCHEDULING = ("vllm", "openai")
-"""Engines that batch (vLLM's scheduler) or pace (an endpoint's ``max_concurrency``) the prompts of a call themselves."""
+"""Engines that batch (vLLM's scheduler) or pace (an endpoint's ``max_concurrency``) a call's prompts themselves."""
 
 # Engines built in this process, by (teacher fingerprint, every option, device): a vLLM engine takes a minute to build.
 _ENGINES: dict[tuple[str, str, str | None], Engine] = {}

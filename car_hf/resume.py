@@ -9,8 +9,9 @@ and the process exits with :data:`~car_hf.errors.EXIT_GENERATION_FAILED`.
 
 Example:
     >>> from car_hf.errors import GenerationError
-    >>> failure_line("car-hf generate", GenerationError("2 of 8 request(s) failed", failed=[6, 7]), "out.checkpoint",
-    ...              "car-hf generate q.jsonl -o out", retries="retried 4 request(s): HTTP 503 x4")  # doctest: +NORMALIZE_WHITESPACE
+    >>> error = GenerationError("2 of 8 request(s) failed", failed=[6, 7])
+    >>> failure_line("car-hf generate", error, "out.checkpoint", "car-hf generate q.jsonl -o out",
+    ...              retries="retried 4 request(s): HTTP 503 x4")  # doctest: +NORMALIZE_WHITESPACE
     'car-hf generate: error: generation failed for 2 row(s) (6, 7): 2 of 8 request(s) failed; retried 4 request(s):
     HTTP 503 x4. Finished work is kept in out.checkpoint: run the same command again to generate only what is
     missing: car-hf generate q.jsonl -o out'
@@ -48,8 +49,9 @@ def default_checkpoint(output: str | os.PathLike) -> Path:
 def keeping_responses(path: str | os.PathLike) -> Iterator[Path]:
     """Keep the responses that calls failing with :class:`GenerationError` generated, across processes: those saved
     in the JSON file ``path`` are loaded on entry (a rerun asks only for the others), and when a
-    ``GenerationError`` leaves the block, every kept response of this process is saved there (atomically) before
-    it propagates. A clean exit deletes the file: its responses are in the results by then.
+    ``GenerationError`` leaves the block, the responses kept in it (those loaded and not used yet, and those of
+    the calls that failed) are saved there (atomically) before it propagates. A clean exit deletes the file: its
+    responses are in the results by then.
 
     Kept responses are keyed by the digest of their generator's cache identity (teacher and every option that
     changes text) and by their prompt, so they are only ever used for the same teacher, options and prompt; a
@@ -58,6 +60,8 @@ def keeping_responses(path: str | os.PathLike) -> Iterator[Path]:
     from .cache import write_json_atomic
 
     path = Path(path)
+    with _LOCK:
+        foreign = set(_KEPT)  # kept by other work of this process: not this job's to save
     loaded = _load_kept(path)
     if loaded:
         logger.info("%d response(s) kept from a failed run loaded from %s: they are not requested again", loaded,
@@ -67,7 +71,8 @@ def keeping_responses(path: str | os.PathLike) -> Iterator[Path]:
     except GenerationError:
         with _LOCK:
             entries = [{"generator": d, "prompt": p, "text": g.text, "finish_reason": g.finish_reason,
-                        "tokens": g.tokens, "token_ids": g.token_ids} for (d, p), g in _KEPT.items()]
+                        "tokens": g.tokens, "token_ids": g.token_ids} for (d, p), g in _KEPT.items()
+                       if (d, p) not in foreign]
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"kept_responses": entries, "car_hf_version": __version__})
         raise

@@ -124,8 +124,9 @@ class TeacherConfig:
                           "the KV cache (transformers)."},
     )
     teacher_dtype: str = field(
-        default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on capable GPUs) | float32 | bfloat16 | float16 (or fp32, bf16, "
-                                          "fp16; recorded under the first names, vLLM's)."})
+        default="auto",
+        metadata={"help": "auto (fp32 on CPU, bf16 on capable GPUs) | float32 | bfloat16 | float16 (or fp32, bf16, "
+                          "fp16; recorded under the first names, vLLM's)."})
     teacher_device: str | None = field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 ... (transformers; default: the first GPU, else the CPU)."})
     teacher_trust_remote_code: bool = field(

@@ -149,8 +149,8 @@ if __name__ == "__main__":
     from car_hf.resume import failure_line
     from car_hf.teacher import mask_secrets
 
-    parsed = make_parser().parse_args_and_config()
     try:
+        parsed = make_parser().parse_args_and_config()
         main(*parsed)
     except GenerationError as error:  # exit 3: the finished rows are kept, the same command resumes
         print(failure_line("generate.py", error, parsed[0].output_dir, shlex.join(["python", *sys.argv])),

@@ -14,7 +14,7 @@ from datasets import Dataset
 from car_hf import ConfigError
 from car_hf.errors import GenerationError
 from car_hf.engines.openai_engine import request_fields, retry_delay
-from car_hf.generate import add_responses, clear_engine_cache
+from car_hf.generate import add_responses
 from car_hf.teacher import TeacherConfig, mask_secrets
 from openai_server import OpenAIServer, canned
 

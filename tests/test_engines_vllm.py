@@ -8,10 +8,8 @@ vLLM needs a GPU; on one: ``pip install "car_hf[vllm]"`` and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -54,12 +52,13 @@ def test_the_double_refuses_what_vllm_refuses(fake_vllm, tokenizer):
     with pytest.raises(ValueError, match="top_k must be 0"):
         SamplingParams(top_k=-2)
     llm = DoubleLLM("m", max_model_len=8)
-    with pytest.raises(ValueError, match=r"The decoder prompt \(length 9\) is longer than the maximum model length of 8"):
+    with pytest.raises(ValueError, match=r"The decoder prompt \(length 9\) is longer than the maximum model length "):
         llm.generate([{"prompt_token_ids": [7] * 9}], SamplingParams(max_tokens=4))
     assert llm.calls == []  # nothing ran
     (out,) = llm.generate([{"prompt_token_ids": [3, 7, 8, 9]}], SamplingParams(max_tokens=10, stop_token_ids=[END]))
     completion = out.outputs[0]  # respond: [9, 8, 7, <|end|>, ...]: the stop token is kept last, as vLLM does
-    assert (completion.finish_reason, completion.stop_reason, list(completion.token_ids)) == ("stop", END, [9, 8, 7, END])
+    assert (completion.finish_reason, completion.stop_reason) == ("stop", END)
+    assert list(completion.token_ids) == [9, 8, 7, END]
 
 
 # ------------------------------------------------------------------------------------------------ engine options
@@ -88,7 +87,7 @@ def test_llm_and_sampling_params_get_exactly_the_configuration(fake_vllm, tokeni
 
 
 def test_engine_kwargs_are_checked_against_vllms_engine_args_before_the_model_loads(fake_vllm):
-    with pytest.raises(ConfigError, match=r"engine_kwargs: 'max_num_seq' is not an option .*did you mean 'max_num_seqs'"):
+    with pytest.raises(ConfigError, match=r"engine_kwargs: 'max_num_seq' is not an option .*you mean 'max_num_seqs'"):
         add_responses("org/teacher-7b", engine="vllm", engine_kwargs={"max_num_seq": 4}).generate(["Hi"])
     assert DoubleLLM.instances == []
     with pytest.raises(ConfigError, match="engine_kwargs sets 'dtype', which car_hf sets from teacher_dtype"):
@@ -115,11 +114,10 @@ def test_dtype_names_are_validated_and_stored_as_vllms(fake_vllm):
     assert set(TEACHER_DTYPES) - {"auto"} == set(DTYPE_ALIASES)
 
 
-def test_engine_options_reach_the_config_from_yaml_and_the_command_line(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("generate_recipe", Path(__file__).parents[1] / "recipes/generate.py")
-    recipe = importlib.util.module_from_spec(spec)  # recipes/generate.py's parser: TrlParser over TeacherConfig
-    monkeypatch.setitem(sys.modules, "generate_recipe", recipe)  # its dataclasses resolve their module
-    spec.loader.exec_module(recipe)
+def test_engine_options_reach_the_config_from_yaml_and_the_command_line(tmp_path):
+    from test_recipe_commands import load_recipe
+
+    recipe = load_recipe("generate")  # recipes/generate.py's parser: TrlParser over TeacherConfig
     config_file = tmp_path / "gen.yaml"
     config_file.write_text("teacher: org/m\nengine: vllm\ngpu_memory_utilization: 0.8\nmax_model_len: 4096\n"
                            "enforce_eager: true\nengine_kwargs:\n  max_num_seqs: 64\n  quantization: fp8\n")
@@ -154,8 +152,9 @@ def test_vllm_and_transformers_engines_agree_token_for_token_under_greedy(fake_v
         model.lm_head.weight[END] = model.lm_head.weight[token] * 1.05
 
     def greedy(prompt_ids):
-        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                             max_new_tokens=12, do_sample=False, pad_token_id=0)
+        ids = torch.tensor([prompt_ids])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             pad_token_id=0)
         return out[0, len(prompt_ids):].tolist()
 
     DoubleLLM.respond = staticmethod(greedy)

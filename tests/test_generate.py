@@ -188,6 +188,53 @@ def test_bad_rows_name_the_dataset_row_and_column(tokenizer, causal_lm, value, m
         ds.map(generator, batched=True, batch_size=4, with_indices=True)
 
 
+def test_a_prompt_over_the_models_context_is_an_input_error_naming_the_row(tokenizer):
+    model = tiny.build_causal_lm(tokenizer)
+    model.config.max_position_embeddings = 40
+    ds = Dataset.from_dict({"prompt": ["Hi", "word " * 30, "Hello"]})
+    with pytest.raises(InputError, match=r"row 1: the prompt is \d+ tokens, and with max_new_tokens=8 the response "
+                                         r"would end past the 40 tokens .*max_position_embeddings"):
+        ds.map(add_responses((model, tokenizer), max_new_tokens=8), batched=True, with_indices=True)
+
+
+def test_kept_responses_survive_the_process_for_the_same_teacher_and_prompt_only(tmp_path, caplog):
+    from car_hf.engines import Generation
+    from car_hf.generate import _KEPT, clear_engine_cache
+    from car_hf.resume import keeping_responses
+
+    class Failing:  # an engine that answered "a" and then failed on "b"
+        name = "test"
+
+        def generate(self, prompts, rows):
+            kept = {i: Generation(f"kept {p[-1]['content']}", "stop", 2) for i, p in enumerate(prompts)
+                    if p[-1]["content"] != "b"}
+            raise GenerationError("b failed", partial=kept, failed=[r for r, p in zip(rows, prompts)
+                                                                     if p[-1]["content"] == "b"])
+
+    generator = add_responses("org/served", base_url="http://127.0.0.1:9/v1")
+    generator._build_engine = lambda device: Failing()
+    path = tmp_path / "ckpt" / "kept.json"
+    with pytest.raises(GenerationError) as caught, keeping_responses(path):
+        generator.generate(["a", "b"])
+    assert caught.value.failed == [1] and path.exists()
+    clear_engine_cache()  # a new process
+    assert _KEPT == {}
+    other = add_responses("org/served", base_url="http://127.0.0.1:9/v1", max_new_tokens=7)  # other options
+    with keeping_responses(path):
+        assert len(_KEPT) == 1
+        other_keys = {(other.digest, k[1]) for k in _KEPT}
+        assert not other_keys & set(_KEPT)  # never used for another teacher configuration
+        generator._build_engine = lambda device: type("Echo", (), {"generate": lambda self, p, r: [
+            Generation(f"new {m[-1]['content']}", "stop", 2) for m in p]})()
+        assert [g.text for g in generator.generate(["a", "b"])] == ["kept a", "new b"]
+    assert not path.exists()  # consumed
+    path.write_text('{"kept_responses": [{"generator": ')  # damaged: ignored, with a warning
+    with caplog.at_level("WARNING"), keeping_responses(path):
+        pass
+    assert "ignoring the kept responses in" in caplog.text
+    clear_engine_cache()
+
+
 def test_missing_prompt_column_lists_the_columns():
     with pytest.raises(InputError, match=r"no prompt column.*input_column=.*\['question', 'answer'\]"):
         add_responses("org/m")({"question": ["Hi"], "answer": ["Yo"]})
@@ -243,10 +290,11 @@ def test_pickles_as_its_recipe_and_a_second_map_hits_the_datasets_cache(tmp_path
 
 
 # ------------------------------------------------------------------------------------------------ recipes/generate.py
-from test_recipes import CONFIGS, RECIPES, _module, accelerate, run, workdir  # noqa: E402,F401 - workdir: a fixture
+from test_recipe_commands import load_recipe  # noqa: E402
+from test_recipes import CONFIGS, RECIPES, accelerate, run, workdir  # noqa: E402,F401 - workdir: a fixture
 from test_recipes import TWO_CPU as SCORE_TWO_CPU  # noqa: E402
 
-generate_recipe = _module("generate")
+generate_recipe = load_recipe("generate")
 TWO_CPU = (*SCORE_TWO_CPU[:-1], "29633")  # another port than test_recipes': both may run at once
 GENERATE = ("--config", str(CONFIGS / "generate_tiny_cpu.yaml"))
 
@@ -303,10 +351,11 @@ def test_recipe_checks_inputs_before_loading_a_model(workdir, tmp_path, monkeypa
         generate_recipe.main(args, config)
 
 
-def test_recipe_keeps_the_chunks_of_a_failing_endpoint_and_resumes(tmp_path, monkeypatch, hf_cache):
+def test_recipe_keeps_the_chunks_and_rows_of_a_failing_endpoint_and_resumes(tmp_path, monkeypatch, hf_cache):
     import datasets.fingerprint
     import huggingface_hub.constants
 
+    from car_hf.generate import clear_engine_cache
     from openai_server import OpenAIServer
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
@@ -316,16 +365,43 @@ def test_recipe_keeps_the_chunks_of_a_failing_endpoint_and_resumes(tmp_path, mon
     data.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(5)))
     with OpenAIServer(lifetime=60) as server:
         server.fail_if = lambda body: "503" if body["messages"][-1]["content"] == "question 4" else None
+        server.latency = 0.05  # requests overlap: the whole chunk is one call, paced by max_concurrency only
         args, config = generate_recipe.make_parser().parse_args_and_config(
             ["--dataset_name", str(data), "--teacher", "served", "--base_url", server.base_url, "--max_retries", "1",
-             "--retry_backoff", "0.01", "--chunk_rows", "2", "--map_batch_size", "2", "--output_dir",
-             str(tmp_path / "out"), "--cpu", "true"])
+             "--retry_backoff", "0.01", "--chunk_rows", "3", "--map_batch_size", "1", "--max_concurrency", "3",
+             "--output_dir", str(tmp_path / "out"), "--cpu", "true"])
         with pytest.raises(GenerationError, match=r"Row 4: failed after 2 attempt\(s\): HTTP 503"):
             generate_recipe.main(args, config)
-        assert len(list((tmp_path / "out" / "cache").glob("*/chunk-*"))) == 2  # chunks 0 and 1 are kept
+        assert server.max_in_flight == 3  # not 1 (map_batch_size): the chunk's 3 rows at once
+        assert len(list((tmp_path / "out" / "cache").glob("*/chunk-*"))) == 1  # chunk 0 (rows 0-2) is kept
+        kept = json.loads((tmp_path / "out" / "kept-responses.json").read_text())["kept_responses"]
+        assert [e["text"] for e in kept] == ["Echo: question 3"]  # and the finished row of the failed chunk
+        clear_engine_cache()  # as in a new process: only the file remembers row 3
         asked = len(server.requests)
         server.fail_if = None
         generate_recipe.main(args, config)
         assert [r["body"]["messages"][-1]["content"] for r in server.requests[asked:]] == ["question 4"]
-    assert progress(tmp_path / "out", 1)[0]["skipped"] == [0, 1]
+    assert progress(tmp_path / "out", 1)[0]["skipped"] == [0]
     assert [r["response"] for r in read_generated(tmp_path / "out")] == [f"Echo: question {i}" for i in range(5)]
+    assert not (tmp_path / "out" / "kept-responses.json").exists()
+
+
+def test_recipe_exit_codes_and_one_line_errors(tmp_path):
+    """Run as documented (a script): 3 with the re-run command when rows failed, 2 for a user error."""
+    from openai_server import OpenAIServer
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(3)))
+    command = [sys.executable, str(RECIPES / "generate.py"), "--dataset_name", str(data), "--teacher", "served",
+               "--max_retries", "1", "--retry_backoff", "0.01", "--output_dir", str(tmp_path / "out")]
+    with OpenAIServer(lifetime=120) as server:
+        server.fail_if = lambda body: "503" if body["messages"][-1]["content"] == "question 1" else None
+        url = server.base_url
+        failed = run([*command, "--base_url", url], tmp_path, env={"HF_HUB_OFFLINE": "0"}, check=False)
+    assert failed.returncode == 3, failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("generate.py: error: generation failed for 1 row(s) (1): 1 of 3 request(s)")
+    assert "retried 1 request(s)" in failed.stderr and line.endswith(f"{tmp_path / 'out'} --base_url {url}")
+    refused = run([*command, "--teacher_dtype", "bfloat"], tmp_path, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        "generate.py: error: teacher_dtype must be one of")

@@ -79,8 +79,9 @@ class TransformersEngine:
 
     def generate(self, prompts: Sequence[Messages], rows: Sequence[Any]) -> list[Generation]:
         ids = [prompt_ids(self.tokenizer, p, self.template, row, self.teacher) for p, row in zip(prompts, rows)]
-        check_context(ids, rows, self.config.max_new_tokens, getattr(self.model.config, "max_position_embeddings", None),
-                      self.teacher, "the model's max_position_embeddings")
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        check_context(ids, rows, self.config.max_new_tokens, context, self.teacher,
+                      "the model's max_position_embeddings")
         results: list[Generation | None] = [None] * len(ids)
         lengths = [len(i) + self.config.max_new_tokens for i in ids]
         for group in token_budget_batches(lengths, self.budget):
