@@ -6,7 +6,8 @@
     accelerate launch --multi_gpu --num_processes 8 recipes/generate.py --dataset_name prompts.jsonl \\
         --teacher Qwen/Qwen2.5-1.5B-Instruct --engine transformers --max_new_tokens 1024 --output_dir runs/gen
     python recipes/generate.py --dataset_name prompts.jsonl --teacher Qwen/Qwen2.5-7B-Instruct --engine vllm \\
-        --tensor_parallel_size 4 --output_dir runs/gen-vllm                       # vLLM: one process, its own GPUs
+        --tensor_parallel_size 4 --max_model_len 8192 --gpu_memory_utilization 0.85 \\
+        --engine_kwargs '{"max_num_seqs": 512}' --output_dir runs/gen-vllm       # vLLM: one process, its own GPUs
     HF_HUB_OFFLINE=0 python recipes/generate.py --dataset_name prompts.jsonl --teacher my-model \\
         --base_url http://localhost:8000/v1 --max_concurrency 32 --output_dir runs/gen-server   # any server
 
