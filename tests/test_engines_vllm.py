@@ -226,3 +226,13 @@ def test_without_vllm_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(ConfigError, match=r'pip install "car_hf\[vllm\]"'):
         add_responses("org/teacher-7b", engine="vllm", max_new_tokens=5).generate(["Hi"])
+
+
+def test_the_engines_documented_command_parses_with_the_recipes_options():
+    import car_hf.engines.vllm_engine as module
+    from test_recipe_commands import _commands_in, load_recipe
+
+    (command,) = _commands_in(module.__doc__, "car_hf/engines/vllm_engine.py")
+    args, config = load_recipe("generate").make_parser().parse_args_and_config(command.script_args)
+    assert (config.engine, config.max_model_len, config.gpu_memory_utilization, args.output_dir) == (
+        "vllm", 8192, 0.85, "runs/gen-qwen7b")

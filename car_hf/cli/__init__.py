@@ -8,7 +8,9 @@ Every option is accepted with dashes or underscores (``--score-max-length`` or `
 mechanism, :class:`~car_hf.cli.common.CommandLineMixin`). Every command writes to ``--output-dir`` (``-o`` for short;
 ``score`` and ``generate``'s old ``--output`` still works). The scoring options are the fields of
 :class:`~car_hf.CARConfig`; the old ``--max-length``, ``--dtype``, ``--device`` and ``--trust-remote-code`` still
-work (hidden, with a note). A user error ends with one ``car-hf <command>: error: ...`` line and exit status 2.
+work (hidden, with a note). A user error ends with one ``car-hf <command>: error: ...`` line and exit status 2;
+a generation that failed for some rows after the retries ends with one line naming them and the command that
+resumes it, and exit status 3 (finished rows are kept in the checkpoint: ``car_hf.resume``).
 ``--help`` imports no torch, transformers or datasets (the commands import them when they run).
 
 Example:
@@ -27,7 +29,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..errors import ModelLoadError, PublishError
+from ..errors import EXIT_GENERATION_FAILED, EXIT_USER_ERROR, GenerationError, ModelLoadError, PublishError
 from ..teacher import mask_secrets
 from . import scoring, teachers
 from .common import DEPRECATED_FLAGS, Parser, UsageError, config_from_args
@@ -52,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ConnectionError, ModelLoadError, PublishError)
 
 
-def _report(line: str) -> int:
+def _report(line: str, status: int = EXIT_USER_ERROR) -> int:
     # One line even when a library's message has several; never a credential of a URL (car_hf.teacher.mask_secrets).
     print(" ".join(mask_secrets(line).split()), file=sys.stderr)
-    return 2
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(str(error))
         except USER_ERRORS as error:
             return _report(f"car-hf pilot: error: {error}")
+        except GenerationError as error:  # finished students and evaluations are cached: a rerun resumes
+            return _report(f"car-hf pilot: error: {error}; run the same command again to resume",
+                           EXIT_GENERATION_FAILED)
     try:
         args = build_parser().parse_args(argv)
     except UsageError as error:
@@ -77,4 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         return _report(f"car-hf {args.command}: error: {message}")
+    except GenerationError as error:  # generate and trial say more themselves (EXIT_GENERATION_FAILED, 3)
+        return _report(f"car-hf {args.command}: error: {error}", EXIT_GENERATION_FAILED)
 
