@@ -17,45 +17,49 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ._version import __version__
+from car_hf import _moved  # noqa: F401  (the pre-0.x module paths keep importing, with a DeprecationWarning)
+from car_hf._lazy import lazy_exports
+from car_hf._version import __version__
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ imports each name on first use
-    from .adaptive import AdaptiveResult, rank_adaptive
-    from .car import compatibility_adjusted_reward, transform_rewards
-    from .config import DEFAULT_BASE_MODEL, CARConfig
-    from .errors import ConfigError, GenerationError, HubAuthError, InputError, ModelLoadError, PublishError
-    from .evaluation import evaluate_student
-    from .formats import zoo_to_long
-    from .generate import add_responses
-    from .loss import add_base_loss
-    from .models import load_model
-    from .ranking import BetaFit, fit_beta, rank_generators, spearman_table
-    from .reward import DEFAULT_REWARD_MODEL, add_reward
-    from .scoring import add_car
-    from .selection import CARFilter, select_generator
-    from .teacher import TeacherConfig
-    from .trial import rank_teachers
+    from car_hf.core.car import compatibility_adjusted_reward, transform_rewards
+    from car_hf.core.config import DEFAULT_BASE_MODEL, CARConfig
+    from car_hf.core.errors import ConfigError, GenerationError, HubAuthError, InputError, ModelLoadError, PublishError
+    from car_hf.core.formats import zoo_to_long
+    from car_hf.core.models import load_model
+    from car_hf.evaluation.student import evaluate_student
+    from car_hf.generation.generate import add_responses
+    from car_hf.generation.teacher import TeacherConfig
+    from car_hf.ranking.adaptive import rank_adaptive
+    from car_hf.ranking.leaderboard import BetaFit, fit_beta, rank_generators, spearman_table
+    from car_hf.ranking.stopping import AdaptiveResult
+    from car_hf.ranking.trial import rank_teachers
+    from car_hf.scoring.loss import add_base_loss
+    from car_hf.scoring.reward import DEFAULT_REWARD_MODEL, add_reward
+    from car_hf.scoring.scorer import add_car
+    from car_hf.training.selection import CARFilter, select_generator
 
-# Each submodule → the public names it defines (the TYPE_CHECKING block above, as data; a test checks they agree).
+# Each module (under car_hf) → the public names it defines (the TYPE_CHECKING block above, as data; a test checks
+# they agree). The layout by pipeline stage: docs/architecture.md.
 _SUBMODULES = {
-    "adaptive": ("AdaptiveResult", "rank_adaptive"),
-    "car": ("compatibility_adjusted_reward", "transform_rewards"),
-    "config": ("DEFAULT_BASE_MODEL", "CARConfig"),
-    "errors": ("ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError", "PublishError"),
-    "evaluation": ("evaluate_student",),
-    "formats": ("zoo_to_long",),
-    "generate": ("add_responses",),
-    "loss": ("add_base_loss",),
-    "models": ("load_model",),
-    "ranking": ("BetaFit", "fit_beta", "rank_generators", "spearman_table"),
-    "reward": ("DEFAULT_REWARD_MODEL", "add_reward"),
-    "scoring": ("add_car",),
-    "selection": ("CARFilter", "select_generator"),
-    "teacher": ("TeacherConfig",),
-    "trial": ("rank_teachers",),
+    "core.car": ("compatibility_adjusted_reward", "transform_rewards"),
+    "core.config": ("DEFAULT_BASE_MODEL", "CARConfig"),
+    "core.errors": ("ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError", "PublishError"),
+    "core.formats": ("zoo_to_long",),
+    "core.models": ("load_model",),
+    "evaluation.student": ("evaluate_student",),
+    "generation.generate": ("add_responses",),
+    "generation.teacher": ("TeacherConfig",),
+    "ranking.adaptive": ("rank_adaptive",),
+    "ranking.leaderboard": ("BetaFit", "fit_beta", "rank_generators", "spearman_table"),
+    "ranking.stopping": ("AdaptiveResult",),
+    "ranking.trial": ("rank_teachers",),
+    "scoring.loss": ("add_base_loss",),
+    "scoring.reward": ("DEFAULT_REWARD_MODEL", "add_reward"),
+    "scoring.scorer": ("add_car",),
+    "training.selection": ("CARFilter", "select_generator"),
 }
 _EXPORTS = {name: module for module, names in _SUBMODULES.items() for name in names}
 
@@ -92,14 +96,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``car_hf.X``: imports X's submodule on first use and keeps X as a module attribute (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'car_hf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, {name: f"car_hf.{module}" for name, module in _EXPORTS.items()})

@@ -28,10 +28,11 @@ from typing import Any, Sequence
 
 import datasets
 
-from .adaptive import AdaptiveResult, rank_adaptive
-from .config import DEMO_MAX_LENGTH, CARConfig
-from .data import write_ranking
-from .scoring import CARScorer
+from car_hf.ranking.stopping import AdaptiveResult
+from car_hf.ranking.adaptive import rank_adaptive
+from car_hf.core.config import DEMO_MAX_LENGTH, CARConfig
+from car_hf.publishing.folders import write_ranking
+from car_hf.scoring.scorer import CARScorer
 
 ZOO_FILE = Path("alpaca_eval_zoo") / "zoo.jsonl.gz"
 HUB_REPO = "tatsu-lab/alpaca_eval"
@@ -117,7 +118,7 @@ def run_demo(
     ``options`` (its fields or :func:`~car_hf.add_car`'s keywords: ``beta=``, ``max_length=`` ...); the reward is
     the judge's preference unless a reward model or column is set. ``base_model`` may also be a loaded
     ``(model, tokenizer)`` pair. Scores whole instructions in a seeded random order until the leader is decided at
-    ``confidence`` or ``max_examples`` rows are scored (see :func:`car_hf.adaptive.rank_adaptive`); a killed run
+    ``confidence`` or ``max_examples`` rows are scored (see :func:`car_hf.ranking.adaptive.rank_adaptive`); a killed run
     resumes from ``<output_dir>/checkpoint``. Writes ``leaderboard.md``, ``leaderboard.csv``,
     ``car_config.json``, ``ranking.png`` and ``scored/`` — the folder ``car-hf push`` publishes.
     """

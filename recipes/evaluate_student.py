@@ -12,7 +12,7 @@
         --dataset_name runs/heldout.jsonl --reference_column output --max_new_tokens 512 \\
         --judge_base_url http://localhost:8000/v1 --judge_model Qwen/Qwen2.5-7B-Instruct
 
-Options: :class:`EvaluateArguments` (the student, the held-out data, the output), ``car_hf.evaluation.
+Options: :class:`EvaluateArguments` (the student, the held-out data, the output), ``car_hf.evaluation.student.
 EvaluationArguments`` (reward model/function, ``evaluate`` metric, LLM judge, bootstrap) and ``car_hf.TeacherConfig``
 (generation: greedy by default). The student is a model folder, a Hub id or a LoRA adapter folder (merged into
 its base); the baseline (by default the adapter's base model) is evaluated the same way, and the two are compared
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from car_hf import ConfigError, InputError, ModelLoadError
-from car_hf.evaluation import EvaluationArguments
-from car_hf.teacher import TeacherConfig
+from car_hf.evaluation.student import EvaluationArguments
+from car_hf.generation.teacher import TeacherConfig
 
 logger = logging.getLogger("car_hf.recipes.evaluate_student")
 
@@ -67,8 +67,8 @@ def baseline_of(args: EvaluateArguments) -> str | None:
 def main(args: EvaluateArguments, scorers: EvaluationArguments, generation: TeacherConfig) -> dict[str, Any]:
     import pandas as pd
 
-    from car_hf.data import load_data
-    from car_hf.evaluation import evaluate_student, paired_comparison
+    from car_hf.core.data import load_data
+    from car_hf.evaluation.student import evaluate_student, paired_comparison
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not args.model_name_or_path or not args.dataset_name:

@@ -11,12 +11,12 @@
     HF_HUB_OFFLINE=0 python recipes/generate.py --dataset_name prompts.jsonl --teacher my-model \\
         --base_url http://localhost:8000/v1 --max_concurrency 32 --output_dir runs/gen-server   # any server
 
-Options: :class:`GenerateArguments` (data, output, chunks) and ``car_hf.teacher.TeacherConfig`` (the teacher
+Options: :class:`GenerateArguments` (data, output, chunks) and ``car_hf.generation.teacher.TeacherConfig`` (the teacher
 and how it generates), from a YAML config and the command line (``TrlParser``). With the ``transformers``
 engine the prompts are cut into chunks shared out over the ``accelerate launch`` processes
-(``car_hf.distributed``: chunk boundaries do not depend on the number of processes, so under greedy decoding
+(``car_hf.core.distributed``: chunk boundaries do not depend on the number of processes, so under greedy decoding
 N processes give the rows of one, row for row); vLLM and servers bring their own parallelism and run in one
-process. Chunks are saved to the cache (``car_hf.cache``) as they complete: a killed run resumes without
+process. Chunks are saved to the cache (``car_hf.core.cache``) as they complete: a killed run resumes without
 generating a saved chunk again, and a run with another teacher, option or data generates afresh. The main
 process writes ``output_dir/generated`` (a ``save_to_disk`` folder, rows in the original order, with
 ``car_config.json``: the teacher configuration, provenance and retries). ``CAR_HF_FAIL_AFTER_CHUNKS=N`` makes each
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from car_hf import ConfigError, InputError, ModelLoadError
-from car_hf.errors import GenerationError
-from car_hf.teacher import TeacherConfig
+from car_hf.core.errors import GenerationError
+from car_hf.generation.teacher import TeacherConfig
 
 logger = logging.getLogger("car_hf.recipes.generate")
 
@@ -74,8 +74,8 @@ def make_parser():
 
 def load_prompts(args: GenerateArguments, config: TeacherConfig):
     """The rows to answer, checked (the prompt column exists) before any model loads."""
-    from car_hf.generate import input_column
-    from car_hf.inputs import load_job_data
+    from car_hf.generation.generate import input_column
+    from car_hf.core.inputs import load_job_data
 
     ds = load_job_data(args.dataset_name, split=args.dataset_split, max_instructions=args.max_instructions)
     column = input_column(ds.column_names, config)
@@ -89,11 +89,11 @@ def load_prompts(args: GenerateArguments, config: TeacherConfig):
 def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
     import datasets
 
-    from car_hf.data import save_data
-    from car_hf.distributed import run_chunks, start_processes
-    from car_hf.generate import add_responses, map_batch_size, resolve_engine
-    from car_hf.inputs import check_data_source, check_model_source
-    from car_hf.resume import KEPT_FILE, keeping_responses, retry_counts, retry_summary
+    from car_hf.core.data import save_data
+    from car_hf.core.distributed import run_chunks, start_processes
+    from car_hf.generation.generate import add_responses, map_batch_size, resolve_engine
+    from car_hf.core.inputs import check_data_source, check_model_source
+    from car_hf.generation.resume import KEPT_FILE, keeping_responses, retry_counts, retry_summary
 
     state = start_processes(cpu=args.cpu, timeout_minutes=args.timeout_minutes)
     world = state.num_processes
@@ -146,9 +146,9 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
 
 
 if __name__ == "__main__":
-    from car_hf.errors import EXIT_GENERATION_FAILED, EXIT_USER_ERROR
-    from car_hf.resume import failure_line
-    from car_hf.teacher import mask_secrets
+    from car_hf.core.errors import EXIT_GENERATION_FAILED, EXIT_USER_ERROR
+    from car_hf.generation.resume import failure_line
+    from car_hf.generation.teacher import mask_secrets
 
     try:
         parsed = make_parser().parse_args_and_config()

@@ -14,11 +14,11 @@
         --config recipes/configs/pilot_qwen2.5-0.5b_lora.yaml
 
 The same as ``car-hf pilot --config recipes/configs/pilot_tiny_cpu.yaml ...`` on one machine. Options (a YAML config
-plus command-line overrides, ``TrlParser``): ``car_hf.pilot.PilotArguments`` (the scored pool, the held-out set, the
-teachers, the budget's n, the seeds), ``car_hf.evaluation.EvaluationArguments`` (the scorers),
+plus command-line overrides, ``TrlParser``): ``car_hf.evaluation.pilot.PilotArguments`` (the scored pool, the held-out set, the
+teachers, the budget's n, the seeds), ``car_hf.evaluation.student.EvaluationArguments`` (the scorers),
 ``car_hf.TeacherConfig`` (the students' generation), ``trl.SFTConfig`` (epochs, learning rate; ``output_dir`` holds
 the report and the cache) and ``trl.ModelConfig`` (the student, ``use_peft``, ``lora_r``). The work is
-:func:`car_hf.pilot.run_pilot`'s: bad input is refused before training, finished students are reused after a kill,
+:func:`car_hf.evaluation.pilot.run_pilot`'s: bad input is refused before training, finished students are reused after a kill,
 and ``output_dir`` gets ``report.md``, ``report.json``, ``teachers.csv``, ``spearman.csv``, ``items.csv`` and
 ``pilot.png``.
 """
@@ -30,7 +30,7 @@ import shlex
 import sys
 
 from car_hf import ConfigError, InputError, ModelLoadError
-from car_hf.pilot import pilot_from_arguments, pilot_parser
+from car_hf.evaluation.pilot import pilot_from_arguments, pilot_parser
 
 
 def make_parser():

@@ -13,10 +13,10 @@
 
 Options: :class:`ScoreArguments` (data, output, chunks, leaderboard) and ``car_hf.CARConfig`` (how rows are
 scored), from a YAML config and the command line (``TrlParser``). The work is car_hf's: chunks of rows shared
-out over the processes (``car_hf.distributed``, N processes = 1 process bit for bit), saved to the score cache
-(``car_hf.cache``) as they complete, so a killed run resumes where it stopped and a run with other data, models,
+out over the processes (``car_hf.core.distributed``, N processes = 1 process bit for bit), saved to the score cache
+(``car_hf.core.cache``) as they complete, so a killed run resumes where it stopped and a run with other data, models,
 options or car_hf version scores afresh. The main process writes ``output_dir`` as a ranking folder
-(``car_hf.data.write_ranking``: ``scored/``, ``leaderboard.md``/``.csv``, ``car_config.json``), which
+(``car_hf.core.data.write_ranking``: ``scored/``, ``leaderboard.md``/``.csv``, ``car_config.json``), which
 ``car-hf push`` publishes. ``CAR_HF_FAIL_AFTER_CHUNKS=N`` makes each process exit after N chunks (for testing).
 """
 
@@ -69,11 +69,12 @@ def main(args: ScoreArguments, config: CARConfig) -> Path | None:
 
     import datasets
 
-    from car_hf.data import save_data, write_ranking
-    from car_hf.distributed import run_chunks, start_processes
-    from car_hf.inputs import check_config_sources, check_data_source, check_scoring_inputs, load_job_data
-    from car_hf.ranking import rank_generators
-    from car_hf.scoring import scorer_for_ranking
+    from car_hf.core.data import save_data
+    from car_hf.publishing.folders import write_ranking
+    from car_hf.core.distributed import run_chunks, start_processes
+    from car_hf.core.inputs import check_config_sources, check_data_source, check_scoring_inputs, load_job_data
+    from car_hf.ranking.leaderboard import rank_generators
+    from car_hf.scoring.scorer import scorer_for_ranking
 
     state = start_processes(cpu=args.cpu, timeout_minutes=args.timeout_minutes)
 

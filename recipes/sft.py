@@ -12,17 +12,17 @@
     accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 8 \\
         recipes/sft.py --config recipes/configs/qwen2.5-0.5b_lora.yaml
 
-A YAML config plus command-line overrides, parsed by ``TrlParser`` into ``car_hf.training.SFTScriptArguments``
+A YAML config plus command-line overrides, parsed by ``TrlParser`` into ``car_hf.training.sft.SFTScriptArguments``
 (data, selection, card), ``trl.SFTConfig``, ``trl.ModelConfig`` and ``car_hf.CARConfig`` (how rows are scored).
 In order — everything that can be checked without a model is checked first:
 
 1. Load ``dataset_name`` and check its columns and rewards.
 2. Load the tokenizer of the model being tuned.
 3. Rows without ``base_loss`` are scored with THAT model, at training's ``max_length`` and dtype, shared over
-   the processes in chunks of ``scoring_chunk_rows`` (``car_hf.training.score_for_training``, the path of
+   the processes in chunks of ``scoring_chunk_rows`` (``car_hf.training.sft.score_for_training``, the path of
    ``recipes/score.py``) into ``<output_dir>/_car_scored``, the score cache that a rerun reuses.
 4. Select rows (``select``: none | generator | top_fraction | top_k | threshold | best_of_n | likeliest;
-   ``car_hf.selection``).
+   ``car_hf.training.selection``).
 5. Turn them into TRL prompt/completion records, so that the completion-only loss covers the tokens CAR scored.
 6. Train (full or LoRA), save, write the model card (TRL's + car_hf's, with the selection), push when
    ``push_to_hub``; with LoRA and ``merge_adapter: true`` also write ``<output_dir>/merged``.
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from car_hf import CARConfig, ConfigError, InputError, ModelLoadError
-from car_hf.training import SFTScriptArguments
+from car_hf.training.sft import SFTScriptArguments
 
 logger = logging.getLogger("car_hf.recipes.sft")
 
@@ -55,14 +55,14 @@ def main(script_args: SFTScriptArguments, training_args, model_args, config: CAR
     from transformers import AutoTokenizer
     from trl import get_peft_config, get_quantization_config
 
-    from car_hf import training
-    from car_hf.cards import CardInfo
-    from car_hf.distributed import setup_logging
-    from car_hf.inputs import (check_data_source, check_layout, check_model_source, check_reward_column,
+    from car_hf.training import sft as training
+    from car_hf.publishing.cards import CardInfo
+    from car_hf.core.distributed import setup_logging
+    from car_hf.core.inputs import (check_data_source, check_layout, check_model_source, check_reward_column,
                                load_job_data, looks_local, need_column)
-    from car_hf.integrations.trl import CARSFTTrainer, training_hyperparameters
-    from car_hf.models import local_model_path
-    from car_hf.selection import check_selection, select
+    from car_hf.training.sft_trainer import CARSFTTrainer, training_hyperparameters
+    from car_hf.core.models import local_model_path
+    from car_hf.training.selection import check_selection, select
 
     setup_logging(training_args.process_index, training_args.world_size)
 

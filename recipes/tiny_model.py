@@ -17,7 +17,7 @@ The data is the long layout car_hf reads (one row per instruction x generator): 
 synthetic generators differ the way real teachers do: ``tidy-7b`` answers with short, regular
 sentences; ``rambler-70b`` writes longer, irregular text that a judge likes a little more;
 ``echo-1b`` mostly repeats the question and is judged poorly. ``heldout.jsonl`` holds letter-counting tasks
-(``car_hf.tasks.make_tasks``: ``instruction``, ``answer``), none of them a training instruction, for
+(``car_hf.generation.tasks.make_tasks``: ``instruction``, ``answer``), none of them a training instruction, for
 ``recipes/evaluate_student.py`` and ``recipes/pilot.py`` with ``--metric answer_match``.
 """
 
@@ -148,8 +148,8 @@ def write_tiny_data(data_dir: str | Path, n_instructions: int = 8, seed: int = 0
 
 
 def write_tiny_heldout(data_dir: str | Path, n_items: int = 12, seed: int = 1) -> Path:
-    """Write ``n_items`` letter-counting tasks (``car_hf.tasks.make_tasks``) as ``<data_dir>/heldout.jsonl``."""
-    from car_hf.tasks import make_tasks
+    """Write ``n_items`` letter-counting tasks (``car_hf.generation.tasks.make_tasks``) as ``<data_dir>/heldout.jsonl``."""
+    from car_hf.generation.tasks import make_tasks
 
     path = Path(data_dir) / "heldout.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import tiny
 from datasets import Dataset
 
 from car_hf import rank_generators
-from car_hf.adaptive import rank_adaptive
+from car_hf.ranking.adaptive import rank_adaptive
 
 # Rows each named scorer has scored, and after how many rows it is "killed" (module-level: the scorer's hash, which
 # a checkpoint records, must not change with them).

@@ -22,8 +22,10 @@ import torch
 from datasets import Dataset
 
 import tiny
-from car_hf import add_base_loss, formats, loss
-from car_hf.errors import ConfigError
+from car_hf import add_base_loss
+from car_hf.core import formats
+from car_hf.scoring import loss
+from car_hf.core.errors import ConfigError
 
 UNIT_ROUNDOFF = 2.0**-8
 

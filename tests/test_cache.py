@@ -7,8 +7,8 @@ from datasets import Dataset
 
 import tiny
 from car_hf import add_car
-from car_hf import cache as cache_module
-from car_hf.cache import ScoreCache, data_fingerprint, scoring_key
+from car_hf.core import cache as cache_module
+from car_hf.core.cache import ScoreCache, data_fingerprint, scoring_key
 
 
 def test_same_key_hits_and_any_change_misses(tmp_path, monkeypatch, tiny_model_dir):

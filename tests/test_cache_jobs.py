@@ -18,7 +18,7 @@ from test_cache_parts import DAMAGES, damage, warned
 from test_trial import Canned, noisy_reward, questions
 
 import tiny
-from car_hf.cache import META_FILE, ScoreCache
+from car_hf.core.cache import META_FILE, ScoreCache
 
 # ------------------------------------------------------------------------------------------------ trial
 def constant_reward(batch, indices):
@@ -28,7 +28,7 @@ def constant_reward(batch, indices):
 
 
 def trial(checkpoint, reward=noisy_reward):
-    from car_hf.trial import rank_teachers
+    from car_hf.ranking.trial import rank_teachers
 
     return rank_teachers(questions(40), [Canned("good", 0.9), Canned("poor", 0.3)], reward, min_instructions=10,
                          round_size=10, n_bootstrap=50, max_responses=40, checkpoint=checkpoint)
@@ -54,7 +54,7 @@ def test_another_teachers_responses_copied_in_are_generated_again(tmp_path, capl
         shutil.copytree(good, poor)
     else:
         damage(poor, "swap", good)
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         result = trial(checkpoint, constant_reward)  # another reward: the scores are computed from the responses
     assert len(warned(caplog, poor)) == 1
     rows = result.scored.to_pandas()
@@ -73,14 +73,14 @@ def test_a_damaged_trial_part_is_computed_again(tmp_path, caplog, kind, how):
     first_rows = first.scored.to_list()
     part = trial_parts(checkpoint, kind, "poor")
     damage(part, how, trial_parts(checkpoint, kind, "good"), column="response")
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         again = trial(checkpoint)
     assert len(warned(caplog, part)) == 1
     pd.testing.assert_frame_equal(again.table, first.table)
     assert again.scored.to_list() == first_rows
     assert load_from_disk(str(part)).num_rows == 10  # rewritten whole
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         trial(checkpoint)
     assert not warned(caplog, part)
 
@@ -90,7 +90,7 @@ def test_a_damaged_trial_part_is_computed_again(tmp_path, caplog, kind, how):
 def test_a_damaged_adaptive_round_is_scored_again(tmp_path, caplog, how):
     from test_adaptive import CALLS, Precomputed, make_data
 
-    from car_hf.adaptive import rank_adaptive
+    from car_hf.ranking.adaptive import rank_adaptive
 
     ds = make_data([0.5, 0.5, 0.5], n_instructions=12, noise=0.2, copy=[(0, 1), (0, 2)])  # never decided
     options = {"min_instructions": 4, "round_size": 4, "n_bootstrap": 100, "seed": 1, "batch_size": 6}
@@ -100,7 +100,7 @@ def test_a_damaged_adaptive_round_is_scored_again(tmp_path, caplog, how):
     (key,) = (tmp_path / "ckpt").glob("*/key.json")
     part = key.parent / "round-00002"
     damage(part, how, key.parent / "round-00003", column="output")  # rounds of 4 instructions x 3 generators
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         again = rank_adaptive(ds, Precomputed("parts"), checkpoint=tmp_path / "ckpt", **options)
     assert len(warned(caplog, part)) == 1
     round_1 = json.loads((key.parent / "round-00001" / META_FILE).read_text())["rows"]
@@ -113,7 +113,7 @@ def test_a_damaged_adaptive_round_is_scored_again(tmp_path, caplog, how):
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_training_scores_are_scored_again(tmp_path, caplog, tiny_model_dir, how):
     from car_hf import CARConfig
-    from car_hf.training import SCORES_FOLDER, score_for_training
+    from car_hf.training.sft import SCORES_FOLDER, score_for_training
 
     ds = Dataset.from_list(tiny.sample_rows(2, 2))  # 4 rows: 2 chunks of 2
     config = CARConfig(base_model=str(tiny_model_dir), reward_column="judge_preference")
@@ -123,7 +123,7 @@ def test_damaged_training_scores_are_scored_again(tmp_path, caplog, tiny_model_d
     (key,) = (tmp_path / "sft" / SCORES_FOLDER).glob("**/key.json")
     part = key.parent / "chunk-00000-of-00002"
     damage(part, how, key.parent / "chunk-00001-of-00002", column="output")
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         again, again_record = score_for_training(ds, config, args, chunk_rows=2)
     assert len(warned(caplog, part)) == 1
     assert again.to_list() == first and again_record == record
@@ -154,10 +154,10 @@ class FakeTrainer:
 
 @pytest.mark.parametrize("how", ["truncate", "empty", "swap", "edit", "records"])
 def test_a_damaged_pilot_student_is_trained_again(tmp_path, caplog, monkeypatch, how):
-    import car_hf.integrations.trl
-    from car_hf.pilot import _train
+    import car_hf.training.sft_trainer
+    from car_hf.evaluation.pilot import _train
 
-    monkeypatch.setattr(car_hf.integrations.trl, "CARSFTTrainer", FakeTrainer)
+    monkeypatch.setattr(car_hf.training.sft_trainer, "CARSFTTrainer", FakeTrainer)
     TRAINED.clear()
     cache = ScoreCache(tmp_path / "cache", {"what": "pilot students"})
     records = Dataset.from_dict({"prompt": ["count the a in banana"], "completion": ["3"]})
@@ -178,7 +178,7 @@ def test_a_damaged_pilot_student_is_trained_again(tmp_path, caplog, monkeypatch,
         (folder / "adapter_config.json").write_text(json.dumps({"seed": 7}))
     else:
         damage(cache.folder / "student-t-seed1", "edit", column="prompt")
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         assert train(1)[::2] == (folder, False)  # trained again
     assert TRAINED == [1, 2, 1] and len(warned(caplog, cache.folder / "student-t-seed1")) == 1
     assert weights.read_bytes() == bytes([1]) * 512 and train(1)[2]
@@ -187,8 +187,8 @@ def test_a_damaged_pilot_student_is_trained_again(tmp_path, caplog, monkeypatch,
 # ------------------------------------------------------------------------------------------------ pilot evaluations
 @pytest.mark.parametrize("how", [*DAMAGES, "retrained student"])
 def test_a_damaged_pilot_evaluation_is_evaluated_again(tmp_path, caplog, monkeypatch, how):
-    import car_hf.pilot
-    from car_hf.evaluation import EvaluationConfig, StudentEvaluation
+    import car_hf.evaluation.pilot
+    from car_hf.evaluation.student import EvaluationConfig, StudentEvaluation
 
     evaluated: list[str] = []
 
@@ -199,7 +199,7 @@ def test_a_damaged_pilot_evaluation_is_evaluated_again(tmp_path, caplog, monkeyp
                               "correct": [1.0, 0.0]})
         return StudentEvaluation(name, items, {"accuracy": {"mean": 0.5}})
 
-    monkeypatch.setattr(car_hf.pilot, "evaluate_student", fake_evaluate)
+    monkeypatch.setattr(car_hf.evaluation.pilot, "evaluate_student", fake_evaluate)
     cache = ScoreCache(tmp_path / "cache", {"what": "pilot evaluations"})
     heldout = Dataset.from_dict({"instruction": ["count the a in banana", "count the b in bob"]})
     students = {}
@@ -207,7 +207,7 @@ def test_a_damaged_pilot_evaluation_is_evaluated_again(tmp_path, caplog, monkeyp
         students[name] = tmp_path / name
         students[name].mkdir()
         (students[name] / "adapter_model.safetensors").write_text(f"answer of {name}")
-    evaluate = lambda name: car_hf.pilot._evaluate(cache, f"eval-{name}", students[name], name, heldout=heldout,
+    evaluate = lambda name: car_hf.evaluation.pilot._evaluate(cache, f"eval-{name}", students[name], name, heldout=heldout,
                                                    evaluation=EvaluationConfig(n_bootstrap=0), merge_dtype=None)
     first, _ = evaluate("s1")
     evaluate("s2")
@@ -217,7 +217,7 @@ def test_a_damaged_pilot_evaluation_is_evaluated_again(tmp_path, caplog, monkeyp
         (students["s1"] / "adapter_model.safetensors").write_text("answer of s1 again")
     else:
         damage(part, how, cache.folder / "eval-s2", column="response")
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         again, cost = evaluate("s1")
     assert evaluated == ["s1", "s2", "s1"] and not cost["evaluation_reused"] and len(warned(caplog, part)) == 1
     expected = "answer of s1 again" if how == "retrained student" else "answer of s1"

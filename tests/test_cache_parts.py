@@ -16,8 +16,8 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 import tiny
-from car_hf.cache import META_FILE, ScoreCache, rows_digest
-from car_hf.errors import CacheError
+from car_hf.core.cache import META_FILE, ScoreCache, rows_digest
+from car_hf.core.errors import CacheError
 
 DAMAGES = ["swap", "truncate", "empty", "edit", "record"]
 
@@ -87,7 +87,7 @@ def test_a_damaged_part_is_never_reused_and_a_refusal_is_one_line(tmp_path, capl
         (part / META_FILE).write_text(json.dumps({"rows": [0, 2]}))
     else:
         damage(part, how, cache.folder / "part-2", column="prompt")
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         assert cache.load("part-1", inputs=inputs) is None
     (message,) = warned(caplog, part)
     assert message.endswith("computing it again")
@@ -110,14 +110,14 @@ def test_a_damaged_part_is_never_reused_and_a_refusal_is_one_line(tmp_path, capl
 
 def test_a_part_computed_from_other_inputs_is_not_reused(tmp_path, caplog):
     cache, first = two_parts(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         assert cache.load("part-1", inputs=rows_digest(first, [2, 3])) is None  # the same rows at other positions
         assert cache.load("part-1", inputs=rows_digest(first.select([1, 0]), [0, 1])) is None
         assert cache.load("part-1", inputs=lambda meta: rows_digest(first, range(*meta["rows"]))) is not None
     assert len(warned(caplog, cache.folder / "part-1")) == 2
     assert "computed from other inputs" in warned(caplog, cache.folder / "part-1")[0]
     cache.save("dict", first, inputs={"model": "a", "heldout": "h"})
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         assert cache.load("dict", inputs={"model": "b", "heldout": "h"}) is None
     assert "differing in model" in warned(caplog, cache.folder / "dict")[0]
 
@@ -138,7 +138,7 @@ def test_an_attached_folder_is_verified_too(tmp_path, caplog, how):
         (model / "weights.bin").write_bytes(bytes(reversed(range(256))) * 4)
     else:
         (model / "weights.bin").unlink()
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         assert cache.load("a", inputs="records") is None
     assert "attached folder file weights.bin" in warned(caplog, cache.folder / "a")[0]
 
@@ -169,8 +169,8 @@ def add_length(batch, indices):
 
 @pytest.mark.parametrize("how", DAMAGES)
 def test_a_damaged_score_chunk_is_scored_again_and_gather_refuses_one(tmp_path, caplog, how):
-    from car_hf.cache import scoring_key
-    from car_hf.distributed import chunk_name, gather_chunks, score_chunks
+    from car_hf.core.cache import scoring_key
+    from car_hf.core.distributed import chunk_name, gather_chunks, score_chunks
 
     ds = Dataset.from_list(tiny.sample_rows(3, 2))  # 6 rows: chunks of 2
     cache = ScoreCache(tmp_path / "cache", scoring_key(add_length, ds, chunk_rows=2))
@@ -180,7 +180,7 @@ def test_a_damaged_score_chunk_is_scored_again_and_gather_refuses_one(tmp_path, 
     damage(part, how, cache.folder / chunk_name(2, 3), column="output")
     with pytest.raises(CacheError, match=rf"^cache part {part} cannot be used: .*rerun the same command"):
         gather_chunks(cache, len(ds), 2, ds)
-    with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
         progress = score_chunks(ds, add_length, cache, chunk_rows=2)
     assert progress.scored == [1] and progress.skipped == [0, 2] and len(warned(caplog, part)) == 1
     assert gather_chunks(cache, len(ds), 2, ds).to_list() == expected
@@ -211,7 +211,7 @@ def test_a_damaged_generation_chunk_is_generated_again(tmp_path, monkeypatch, hf
         part = folder.parent / "chunk-00000-of-00003"
         damage(part, how, folder.parent / "chunk-00002-of-00003", column="response")
         asked = len(server.requests)
-        with caplog.at_level(logging.WARNING, logger="car_hf.cache"):
+        with caplog.at_level(logging.WARNING, logger="car_hf.core.cache"):
             generate_recipe.main(args, config)
         assert sorted(r["body"]["messages"][-1]["content"] for r in server.requests[asked:]) == \
             ["question 0", "question 1"]  # only the damaged chunk (its requests run concurrently)

@@ -1,4 +1,4 @@
-"""car_hf.callbacks: the selection summary in trainer_state.json, read back by ``car-hf push`` for every mode."""
+"""car_hf.training.callbacks: the selection summary in trainer_state.json, read back by ``car-hf push`` for every mode."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from datasets import Dataset
 from huggingface_hub import ModelCard
 from transformers import TrainerState
 
-from car_hf.callbacks import STATE_KEY, SelectionCallback, read_selection_summary
-from car_hf.cards import CARD_BEGIN, CARD_HEADING
+from car_hf.training.callbacks import STATE_KEY, SelectionCallback, read_selection_summary
+from car_hf.publishing.cards import CARD_BEGIN, CARD_HEADING
 from car_hf.cli import main as cli
-from car_hf.selection import select
+from car_hf.training.selection import select
 
 GENERATOR_SUMMARY = {"selection": "generator", "generator": "tidy-7b", "rows_kept": 4, "rows_total": 12, "beta": 1.0,
                      "reward_transform": "raise", "reward_column": "reward", "generator_mix": {"tidy-7b": 4},
@@ -33,7 +33,7 @@ def saved_state(folder: Path, stateful_callbacks: dict) -> Path:
 
 def test_train_begin_logs_and_stores_the_summary_under_one_key(tmp_path, caplog):
     state = TrainerState()
-    with caplog.at_level(logging.INFO, logger="car_hf.callbacks"):
+    with caplog.at_level(logging.INFO, logger="car_hf.training.callbacks"):
         SelectionCallback(GENERATOR_SUMMARY).on_train_begin(None, state, None)
     assert "CAR selection (generator): kept 4 of 12 rows; generator=tidy-7b, beta=1.0" in caplog.text
     assert list(state.stateful_callbacks) == [STATE_KEY] == ["CARSelection"]

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from car_hf import InputError, compatibility_adjusted_reward, fit_beta, rank_generators, spearman_table, transform_rewards
-from car_hf.car import example_car
-from car_hf.inputs import check_numbers
+from car_hf.core.car import example_car
+from car_hf.core.inputs import check_numbers
 
 
 def test_dataset_level_car_is_mean_reward_over_one_plus_beta_mean_loss():

@@ -9,10 +9,10 @@ from datasets import Dataset
 
 import tiny
 from car_hf import InputError, add_car, add_reward, rank_generators
-from car_hf import config as config_module
-from car_hf import scoring as scoring_module
-from car_hf import formats
-from car_hf.reward import _pooled_scores
+from car_hf.core import config as config_module
+from car_hf.scoring import scorer as scoring_module
+from car_hf.core import formats
+from car_hf.scoring.reward import _pooled_scores
 
 
 def test_add_car_with_a_reward_column_computes_per_example_car(tokenizer, causal_lm):
@@ -102,7 +102,7 @@ def test_reward_empty_response_is_nan_and_truncation_flagged(tokenizer, reward_m
 @pytest.mark.parametrize("make", ["add_car", "add_car_reward_model", "add_base_loss", "add_reward", "reward_function"])
 def test_a_0_row_dataset_gets_the_score_columns_with_their_types(make, tokenizer, causal_lm, reward_model):
     from car_hf import add_base_loss
-    from car_hf.data import map_scores
+    from car_hf.core.data import map_scores
 
     def answer_length(prompts, completions, **columns):
         return [float(len(c)) for c in completions]

@@ -1,7 +1,7 @@
-"""car_hf.cards: the sections of the dataset and model cards, the selection section once for every mode, templates.
+"""car_hf.publishing.cards: the sections of the dataset and model cards, the selection section once for every mode, templates.
 
 The model-card tests merge into the card TRL itself writes (``trl.trainer.utils.generate_model_card``), built
-from real selections (``car_hf.selection.select``) of a small scored dataset.
+from real selections (``car_hf.training.selection.select``) of a small scored dataset.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from huggingface_hub import ModelCard
 from trl.trainer.utils import generate_model_card
 
 import car_hf
-from car_hf import cards, hub
-from car_hf.cards import CARD_BEGIN, CARD_END, CARD_HEADING, CardInfo, dataset_card, model_card, write_model_card
-from car_hf.cards.common import TEMPLATES
-from car_hf.selection import select
+from car_hf.publishing import cards, hub
+from car_hf.publishing.cards import CARD_BEGIN, CARD_END, CARD_HEADING, CardInfo, dataset_card, model_card, write_model_card
+from car_hf.publishing.cards.common import TEMPLATES
+from car_hf.training.selection import select
 
 NO_SUMMARY = "No selection summary was recorded."
 # The mode, its value, and what the selection section says about the rule (from the real summary).
@@ -190,7 +190,7 @@ def test_templates_ship_as_package_data():
     package = Path(car_hf.__file__).parent
     shipped = {path for pattern in patterns for path in package.glob(pattern.strip())}
     assert {TEMPLATES / "dataset_card.md", TEMPLATES / "model_card.md"} <= shipped
-    assert package / "metrics" / "answer_match" / "answer_match.py" in shipped  # car_hf.tasks' offline metric
+    assert package / "metrics" / "answer_match" / "answer_match.py" in shipped  # car_hf.generation.tasks' offline metric
     for name in ("dataset_card.md", "model_card.md"):
         assert "{{ card_data }}" in (TEMPLATES / name).read_text()
 

@@ -16,7 +16,7 @@ from datasets import load_dataset, load_from_disk
 import tiny
 from car_hf.cli import DEPRECATED_FLAGS, build_parser, config_from_args, main
 from car_hf.cli.common import SPELLINGS_NOTE
-from car_hf.config import CARConfig
+from car_hf.core.config import CARConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,10 +16,10 @@ import car_hf
 from car_hf.cli import build_parser
 from car_hf.cli.common import Parser, UsageError
 from car_hf.cli.teachers import pilot_help_parser, pilot_parser_full
-from car_hf.config import CARConfig
-from car_hf.evaluation import EvaluationArguments
-from car_hf.pilot_args import PilotArguments
-from car_hf.teacher import TeacherConfig
+from car_hf.core.config import CARConfig
+from car_hf.evaluation.student import EvaluationArguments
+from car_hf.evaluation.pilot_args import PilotArguments
+from car_hf.generation.teacher import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "datasets", "trl")
@@ -60,7 +60,7 @@ def test_every_help_imports_no_torch_transformers_datasets_or_trl():
 
 def test_import_car_hf_is_lazy_until_a_name_is_used():
     probe = ("import sys, car_hf; before = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'datasets'}); "
-             "car_hf.rank_generators; print(before, 'car_hf.ranking' in sys.modules)")
+             "car_hf.rank_generators; print(before, 'car_hf.ranking.leaderboard' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.split() == ["[]", "True"], result.stderr
 
@@ -92,7 +92,7 @@ def test_every_public_name_imports_from_car_hf_and_matches_what_ides_see():
 
 def test_evaluate_student_is_re_exported():
     from car_hf import evaluate_student
-    from car_hf.evaluation import evaluate_student as defined
+    from car_hf.evaluation.student import evaluate_student as defined
 
     assert evaluate_student is defined and "evaluate_student" in car_hf.__all__
 

@@ -8,7 +8,7 @@ import yaml
 from datasets import load_dataset, load_from_disk
 
 from car_hf.cli import main
-from car_hf.tasks import make_tasks
+from car_hf.generation.tasks import make_tasks
 
 
 def length_reward(prompts, completions, **columns):

@@ -1,4 +1,4 @@
-"""car_hf.data: loading files / saved datasets / Hub ids, sampling generators and instructions, the ranking folder."""
+"""car_hf.core.data: loading files / saved datasets / Hub ids, sampling generators and instructions, the ranking folder."""
 
 import gzip
 import json
@@ -8,8 +8,9 @@ import datasets
 import pandas as pd
 import pytest
 
-from car_hf.data import load_data, read_config, read_ranking, save_data, write_ranking
-from car_hf.ranking import rank_generators
+from car_hf.core.data import load_data, read_config, save_data
+from car_hf.publishing.folders import read_ranking, write_ranking
+from car_hf.ranking.leaderboard import rank_generators
 
 
 def _write_every_format(rows, folder):

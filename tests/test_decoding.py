@@ -1,4 +1,4 @@
-"""car_hf.engines.decoding: finished rows leave the batch, greedy output unchanged."""
+"""car_hf.generation.engines.decoding: finished rows leave the batch, greedy output unchanged."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import tiny
 import torch
 from transformers import GenerationConfig
 
-from car_hf.engines.base import finish, prompt_ids, stop_token_ids
-from car_hf.engines.decoding import generate_rows
-from car_hf.engines.transformers_engine import pad_left
-from car_hf.generate import read_prompt
+from car_hf.generation.engines.base import finish, prompt_ids, stop_token_ids
+from car_hf.generation.engines.decoding import generate_rows
+from car_hf.generation.engines.transformers_engine import pad_left
+from car_hf.generation.generate import read_prompt
 
 QUESTIONS = ["How do I cook rice?", "Why is the sky blue today?", "Hi", "Tips to save money?",
              "Write a short note about the quiet harbor and the library across the bridge, please."]

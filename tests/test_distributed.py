@@ -5,8 +5,8 @@ from datasets import Dataset
 
 import tiny
 from car_hf import add_car
-from car_hf.cache import ScoreCache, scoring_key
-from car_hf.distributed import chunk_bounds, chunk_name, gather_chunks, score_chunks, shard_chunks
+from car_hf.core.cache import ScoreCache, scoring_key
+from car_hf.core.distributed import chunk_bounds, chunk_name, gather_chunks, score_chunks, shard_chunks
 
 
 def test_shards_of_chunks_cover_every_chunk_once():

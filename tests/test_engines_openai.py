@@ -12,10 +12,10 @@ import pytest
 from datasets import Dataset
 
 from car_hf import ConfigError
-from car_hf.errors import GenerationError
-from car_hf.engines.openai_engine import request_fields, retry_delay
-from car_hf.generate import add_responses
-from car_hf.teacher import TeacherConfig, mask_secrets
+from car_hf.core.errors import GenerationError
+from car_hf.generation.engines.openai_engine import request_fields, retry_delay
+from car_hf.generation.generate import add_responses
+from car_hf.generation.teacher import TeacherConfig, mask_secrets
 from openai_server import OpenAIServer, canned
 
 SECRET = "sk-test-0123456789abcdef0123456789"

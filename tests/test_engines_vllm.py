@@ -3,7 +3,7 @@ refused; vLLM's errors on an over-long prompt and an unknown dtype; stop tokens 
 
 vLLM needs a GPU; on one: ``pip install "car_hf[vllm]"`` and
 ``python recipes/generate.py --dataset_name prompts.jsonl --teacher Qwen/Qwen2.5-7B-Instruct --engine vllm
---tensor_parallel_size 2 --output_dir runs/gen`` (see car_hf/engines/vllm_engine.py).
+--tensor_parallel_size 2 --output_dir runs/gen`` (see car_hf/generation/engines/vllm_engine.py).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import tiny
 import vllm_double
 from car_hf import ConfigError, InputError
 from car_hf.cli import main
-from car_hf.data import map_scores
-from car_hf.errors import GenerationError
-from car_hf.generate import add_responses, clear_engine_cache, map_batch_size, release_engines
-from car_hf.teacher import TEACHER_DTYPES, TeacherConfig
+from car_hf.core.data import map_scores
+from car_hf.core.errors import GenerationError
+from car_hf.generation.generate import add_responses, clear_engine_cache, map_batch_size, release_engines
+from car_hf.generation.teacher import TEACHER_DTYPES, TeacherConfig
 from vllm_double import END, DoubleLLM, SamplingParams
 
 QUESTIONS = ["How do I cook rice?", "Hi", "Why is the sky blue?", "Tips to save money?", "Name a prime."]
@@ -109,7 +109,7 @@ def test_dtype_names_are_validated_and_stored_as_vllms(fake_vllm):
     for alias in TEACHER_DTYPES:  # every accepted name reaches vLLM as one of its own (the double refuses others)
         add_responses("org/teacher-7b", engine="vllm", teacher_dtype=alias).generate(["Hi"])
     assert {llm.engine_args.dtype for llm in DoubleLLM.instances} == {"bfloat16", "float16", "float32", "auto"}
-    from car_hf.devices import DTYPE_ALIASES  # the loaders' names: the same set
+    from car_hf.core.devices import DTYPE_ALIASES  # the loaders' names: the same set
 
     assert set(TEACHER_DTYPES) - {"auto"} == set(DTYPE_ALIASES)
 
@@ -229,10 +229,10 @@ def test_without_vllm_the_error_says_how_to_install_it(monkeypatch):
 
 
 def test_the_engines_documented_command_parses_with_the_recipes_options():
-    import car_hf.engines.vllm_engine as module
+    import car_hf.generation.engines.vllm_engine as module
     from test_recipe_commands import _commands_in, load_recipe
 
-    (command,) = _commands_in(module.__doc__, "car_hf/engines/vllm_engine.py")
+    (command,) = _commands_in(module.__doc__, "car_hf/generation/engines/vllm_engine.py")
     args, config = load_recipe("generate").make_parser().parse_args_and_config(command.script_args)
     assert (config.engine, config.max_model_len, config.gpu_memory_utilization, args.output_dir) == (
         "vllm", 8192, 0.85, "runs/gen-qwen7b")

@@ -1,4 +1,4 @@
-"""car_hf.evaluation: a student's answers scored by a metric, a reward function and a pairwise LLM judge (a loopback
+"""car_hf.evaluation.student: a student's answers scored by a metric, a reward function and a pairwise LLM judge (a loopback
 OpenAI-compatible server), with bootstrap intervals, the length-controlled win rate and paired tests."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from openai_server import OpenAIServer
 
 from car_hf import ConfigError, InputError
-from car_hf.evaluation import (
+from car_hf.evaluation.student import (
     EvaluationConfig,
     JudgeConfig,
     bootstrap_interval,
@@ -26,8 +26,8 @@ from car_hf.evaluation import (
     paired_comparison,
     parse_verdict,
 )
-from car_hf.tasks import ANSWER_MATCH, make_tasks
-from car_hf.teacher import TeacherConfig
+from car_hf.generation.tasks import ANSWER_MATCH, make_tasks
+from car_hf.generation.teacher import TeacherConfig
 
 GENERATION = TeacherConfig(max_new_tokens=6)
 
@@ -85,7 +85,7 @@ def heldout():
 
 
 def test_evaluate_student_with_a_metric_and_a_reward_function(tiny_model_dir, heldout, hf_cache):
-    config = EvaluationConfig(generation=GENERATION, metric=ANSWER_MATCH, reward="car_hf.tasks:AnswerReward",
+    config = EvaluationConfig(generation=GENERATION, metric=ANSWER_MATCH, reward="car_hf.generation.tasks:AnswerReward",
                               n_bootstrap=200)
     result = evaluate_student(str(tiny_model_dir), heldout, config, name="tiny")
     items = result.items
@@ -178,7 +178,7 @@ def test_a_lora_adapter_is_evaluated_on_its_base(tmp_path, tiny_model_dir, heldo
 def test_evaluation_identity_changes_with_the_scorers():
     one = EvaluationConfig(metric=ANSWER_MATCH).identity()
     assert one != EvaluationConfig(metric=ANSWER_MATCH, metric_key="f1").identity()
-    assert one["extractor"] == "car_hf.tasks.extract_answer"
+    assert one["extractor"] == "car_hf.generation.tasks.extract_answer"
 
 
 def test_evaluate_recipe_compares_the_student_with_its_baseline(tmp_path, tiny_model_dir, heldout, hf_cache):
@@ -205,8 +205,8 @@ def test_evaluate_recipe_compares_the_student_with_its_baseline(tmp_path, tiny_m
 
 # ---------------------------------------------------------------------------------------- issue 19's pilot notes
 def test_an_empty_answer_scores_zero_and_is_counted_not_left_out(tiny_model_dir, heldout, hf_cache, monkeypatch):
-    from car_hf.engines import Generation
-    from car_hf.generate import ResponseGenerator
+    from car_hf.generation.engines import Generation
+    from car_hf.generation.generate import ResponseGenerator
 
     original = ResponseGenerator.generate
 
@@ -215,7 +215,7 @@ def test_an_empty_answer_scores_zero_and_is_counted_not_left_out(tiny_model_dir,
         return [Generation("", "stop", 1) if row % 2 else g for g, row in zip(made, rows)]
 
     monkeypatch.setattr(ResponseGenerator, "generate", every_other_empty)
-    config = EvaluationConfig(generation=GENERATION, metric=ANSWER_MATCH, reward="car_hf.tasks:AnswerReward",
+    config = EvaluationConfig(generation=GENERATION, metric=ANSWER_MATCH, reward="car_hf.generation.tasks:AnswerReward",
                               n_bootstrap=0)
     result = evaluate_student(str(tiny_model_dir), heldout, config)
     items = result.items
@@ -245,7 +245,7 @@ def test_evaluation_identity_follows_the_reward_functions_source(tmp_path, monke
 
 def test_answers_come_in_length_sorted_batches_with_progress_and_in_order(tiny_model_dir, heldout, hf_cache,
                                                                           monkeypatch, capsys):
-    from car_hf.generate import ResponseGenerator
+    from car_hf.generation.generate import ResponseGenerator
 
     calls = []
     original = ResponseGenerator.__call__
@@ -275,7 +275,7 @@ def test_a_lora_student_is_merged_in_the_training_dtype(tmp_path, causal_lm, tok
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from car_hf.evaluation import load_student
+    from car_hf.evaluation.student import load_student
 
     base = AutoModelForCausalLM.from_config(causal_lm.config)
     base.load_state_dict(causal_lm.state_dict())

@@ -18,11 +18,11 @@ from datasets import Dataset, load_dataset, load_from_disk
 
 import tiny
 from car_hf import CARConfig, ConfigError, InputError
-from car_hf.errors import GenerationError
-from car_hf.engines.base import finish, prompt_ids, stop_token_ids
-from car_hf.engines.transformers_engine import TransformersEngine, pad_left
-from car_hf.generate import ResponseGenerator, add_responses, read_prompt, resolve_engine
-from car_hf.teacher import TeacherConfig
+from car_hf.core.errors import GenerationError
+from car_hf.generation.engines.base import finish, prompt_ids, stop_token_ids
+from car_hf.generation.engines.transformers_engine import TransformersEngine, pad_left
+from car_hf.generation.generate import ResponseGenerator, add_responses, read_prompt, resolve_engine
+from car_hf.generation.teacher import TeacherConfig
 
 END = 6  # <|end|>: the tiny chat template's end of turn
 QUESTIONS = ["How do I cook rice?", "Why is the sky blue today?", "Hi", "Write a short note about the quiet harbor "
@@ -198,9 +198,9 @@ def test_a_prompt_over_the_models_context_is_an_input_error_naming_the_row(token
 
 
 def test_kept_responses_survive_the_process_for_the_same_teacher_and_prompt_only(tmp_path, caplog):
-    from car_hf.engines import Generation
-    from car_hf.generate import _KEPT, clear_engine_cache
-    from car_hf.resume import keeping_responses
+    from car_hf.generation.engines import Generation
+    from car_hf.generation.generate import _KEPT, clear_engine_cache
+    from car_hf.generation.resume import keeping_responses
 
     class Failing:  # an engine that answered "a" and then failed on "b"
         name = "test"
@@ -334,12 +334,12 @@ def test_recipe_two_processes_equal_one_and_resume_after_a_kill(workdir):
 
 
 def test_recipe_checks_inputs_before_loading_a_model(workdir, tmp_path, monkeypatch):
-    import car_hf.models
+    import car_hf.core.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input error was reported")
 
-    monkeypatch.setattr(car_hf.models, "load_model", refuse)
+    monkeypatch.setattr(car_hf.core.models, "load_model", refuse)
     monkeypatch.chdir(workdir)
     args, config = generate_recipe.make_parser().parse_args_and_config(
         [*GENERATE, "--input_column", "question", "--output_dir", str(tmp_path / "out")])
@@ -355,7 +355,7 @@ def test_recipe_keeps_the_chunks_and_rows_of_a_failing_endpoint_and_resumes(tmp_
     import datasets.fingerprint
     import huggingface_hub.constants
 
-    from car_hf.generate import clear_engine_cache
+    from car_hf.generation.generate import clear_engine_cache
     from openai_server import OpenAIServer
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

@@ -8,7 +8,8 @@ index tensors travel in one copy per micro-batch; rewards come back in one trans
 import pytest
 import torch
 
-from car_hf import formats, loss, reward
+from car_hf.core import formats
+from car_hf.scoring import loss, reward
 from test_loss import reference_nll
 
 
@@ -37,7 +38,7 @@ def test_sync_free_rank_count_equals_the_selective_one(arch, clip, causal_lm, ge
 
 def test_index_tensors_reach_the_device_in_one_copy_per_micro_batch(tokenizer, causal_lm, monkeypatch):
     """response_nll copies each micro-batch's indices (rows, positions, targets, owners) in one tensor."""
-    from car_hf import batching
+    from car_hf.core import batching
 
     copies = []
     real = batching.to_device

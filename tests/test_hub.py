@@ -1,16 +1,16 @@
-"""car_hf.hub against a loopback Hub: dry-run folders, byte-exact uploads, retries, auth, token hygiene.
+"""car_hf.publishing.hub against a loopback Hub: dry-run folders, byte-exact uploads, retries, auth, token hygiene.
 
 How the real ``huggingface_hub`` client is pointed at ``tests/hub_server.py`` (the ``hub`` fixture):
 
 * ``huggingface_hub.constants.ENDPOINT`` is monkeypatched to the server's URL. ``HF_ENDPOINT`` is read
   into that constant at import time, so setting the variable now would do nothing; ``HfApi()`` reads
-  the constant when it is constructed and car_hf.hub builds one per call, so nothing else caches it
-  (``datasets.config.HF_ENDPOINT`` is only used by ``push_to_hub``, which car_hf.hub does not call).
+  the constant when it is constructed and car_hf.publishing.hub builds one per call, so nothing else caches it
+  (``datasets.config.HF_ENDPOINT`` is only used by ``push_to_hub``, which car_hf.publishing.hub does not call).
 * ``constants.HF_HUB_OFFLINE`` is set to False: the client checks it before every request, and
   ``tests/conftest.py`` sets ``HF_HUB_OFFLINE=1`` for the rest of the suite.
 * ``constants.HF_HUB_DISABLE_TELEMETRY`` is set to True: otherwise the client's first request fetches
   ``/api/agent-harnesses`` to build its user agent and caches the answer under ``HF_HOME``.
-* ``car_hf.hub.RETRY_BASE_SECONDS`` is made tiny so retry tests take milliseconds.
+* ``car_hf.publishing.hub.RETRY_BASE_SECONDS`` is made tiny so retry tests take milliseconds.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from datasets import Dataset, DatasetDict, load_dataset
 from hub_server import TOKEN, HubServer
 from huggingface_hub import DatasetCard, ModelCard, constants
 
-from car_hf import hub as car_hub
-from car_hf.cards import CARD_BEGIN, CONFIG_KEYS, dataset_card, model_card
-from car_hf.errors import HubAuthError, PublishError
-from car_hf.hub import push_dataset, push_model, write_dataset_folder
+from car_hf.publishing import hub as car_hub
+from car_hf.publishing.cards import CARD_BEGIN, CONFIG_KEYS, dataset_card, model_card
+from car_hf.core.errors import HubAuthError, PublishError
+from car_hf.publishing.hub import push_dataset, push_model, write_dataset_folder
 
 BAD_TOKEN = "hf_not_the_right_token_0987654321zyxw"
 GENERATORS = ["gemma-2-9b-it", "Llama-3.1-70B-Instruct", "gpt-4"]
@@ -397,8 +397,8 @@ def test_push_model_merges_the_trainer_card_and_skips_checkpoints(hub, tmp_path)
 @pytest.mark.parametrize("repo_id", ["me/alpaca car", "me/a/b", "me/x--y", "-me/x", "me/x.git"])
 def test_an_invalid_repo_id_is_refused_before_anything_is_written(repo_id, scored, tmp_path, capsys):
     from car_hf.cli import main
-    from car_hf.data import write_ranking
-    from car_hf.errors import ConfigError
+    from car_hf.publishing.folders import write_ranking
+    from car_hf.core.errors import ConfigError
 
     ds, table = scored
     out = tmp_path / "dry"

@@ -15,15 +15,15 @@ import pytest
 import trl
 from datasets import Dataset, Features, Json, Value, load_dataset
 
-from car_hf import (CARFilter, InputError, add_base_loss, add_car, add_reward, models, rank_adaptive,
-                    rank_generators, select_generator)
-from car_hf.evaluation import EvaluationConfig
-from car_hf.pilot import run_pilot
-from car_hf.selection import select
-from car_hf.stopping import instruction_cells, stop_decision
-from car_hf.tasks import ANSWER_MATCH
-from car_hf.teacher import TeacherConfig
-from car_hf.trial import rank_teachers
+from car_hf import CARFilter, InputError, add_base_loss, add_car, add_reward, rank_adaptive, rank_generators, select_generator
+from car_hf.core import models
+from car_hf.evaluation.student import EvaluationConfig
+from car_hf.evaluation.pilot import run_pilot
+from car_hf.training.selection import select
+from car_hf.ranking.stopping import instruction_cells, stop_decision
+from car_hf.generation.tasks import ANSWER_MATCH
+from car_hf.generation.teacher import TeacherConfig
+from car_hf.ranking.trial import rank_teachers
 
 GOOD = 0.5
 # Table row → (the column's values: row 2 bad, the rest GOOD; the message's row; its problem). Text in a numeric

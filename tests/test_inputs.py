@@ -7,7 +7,7 @@ from datasets import Dataset
 
 import tiny
 from car_hf import CARConfig, ConfigError, InputError
-from car_hf.inputs import (check_data_source, check_model_source, check_reward_column, check_scoring_inputs,
+from car_hf.core.inputs import (check_data_source, check_model_source, check_reward_column, check_scoring_inputs,
                            load_job_data, looks_local)
 
 

@@ -1,4 +1,4 @@
-"""car_hf.integrations.trl: CARSFTTrainer trains a tiny model; its card is TRL's plus car_hf's section, once."""
+"""car_hf.training.sft_trainer: CARSFTTrainer trains a tiny model; its card is TRL's plus car_hf's section, once."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from datasets import Dataset
 from huggingface_hub import ModelCard
 from trl import ModelConfig, SFTConfig
 
-from car_hf.callbacks import read_selection_summary
-from car_hf.cards import CARD_BEGIN, CARD_HEADING, CardInfo
-from car_hf.integrations.trl import CARSFTTrainer, training_hyperparameters
-from car_hf.selection import select
+from car_hf.training.callbacks import read_selection_summary
+from car_hf.publishing.cards import CARD_BEGIN, CARD_HEADING, CardInfo
+from car_hf.training.sft_trainer import CARSFTTrainer, training_hyperparameters
+from car_hf.training.selection import select
 
 
 def sft_config(output_dir: Path, **overrides) -> SFTConfig:

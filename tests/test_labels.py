@@ -8,8 +8,8 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-import car_hf.labels
-from car_hf.labels import CAP_SIZE, Curve, label_curves, place_labels, point_boxes
+import car_hf.plots.labels
+from car_hf.plots.labels import CAP_SIZE, Curve, label_curves, place_labels, point_boxes
 
 
 def axes(width=6, height=5, dpi=150, xlim=(0.0, 1.0), ylim=(0.0, 1.0)):
@@ -47,7 +47,7 @@ def test_a_lone_label_sits_right_of_its_point_without_a_leader():
     (text,) = place_labels(ax, [0.5], [0.5], ["only"])
     box = text.get_window_extent(ax.figure.canvas.get_renderer())
     px, py = ax.transData.transform((0.5, 0.5))
-    marker_half = car_hf.labels.MARKER_SIZE / 2 * 150 / 72
+    marker_half = car_hf.plots.labels.MARKER_SIZE / 2 * 150 / 72
     assert px + marker_half < box.x0 < px + marker_half + 10  # right of the marker, a small gap
     assert box.y0 < py < box.y1  # vertically centred on the point
     assert not ax.lines  # no leader line
@@ -92,4 +92,4 @@ def test_curve_labels_avoid_each_other_and_skip_curves_with_no_room():
 
 
 def test_docstring_examples_run():
-    assert doctest.testmod(car_hf.labels).failed == 0
+    assert doctest.testmod(car_hf.plots.labels).failed == 0

@@ -9,8 +9,9 @@ from datasets import Dataset
 
 import tiny
 from car_hf import InputError, add_base_loss
-from car_hf import formats, loss
-from car_hf.batching import model_batches, token_budget_batches
+from car_hf.core import formats
+from car_hf.scoring import loss
+from car_hf.core.batching import model_batches, token_budget_batches
 
 
 def reference_nll(model, rendered):
@@ -248,7 +249,7 @@ def test_rerunning_the_same_map_hits_the_datasets_cache(tmp_path, hf_cache, toke
 def test_car_hf_version_enters_the_transform_fingerprint(monkeypatch, tiny_model_dir):
     from datasets.fingerprint import Hasher
 
-    from car_hf import transform as transform_module
+    from car_hf.core import transform as transform_module
 
     scorer = add_base_loss(str(tiny_model_dir))
     before = Hasher.hash(scorer)

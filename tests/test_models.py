@@ -1,4 +1,4 @@
-"""Tests for car_hf.models (and the car_hf.gguf folders it loads): specs, memo, fingerprints, dtype/device, load
+"""Tests for car_hf.core.models (and the car_hf.core.gguf folders it loads): specs, memo, fingerprints, dtype/device, load
 errors, the offline fallback, GGUF conversion.
 
 Fast tests use tiny random models (``tiny``) and a fake offline package written to ``tmp_path``. Slow tests
@@ -21,10 +21,10 @@ import pytest
 import tiny
 import torch
 
-from car_hf import gguf
-from car_hf.errors import ModelLoadError
-from car_hf.gguf import OFFLINE_PACKAGES, OfflinePackage
-from car_hf.models import (
+from car_hf.core import gguf
+from car_hf.core.errors import ModelLoadError
+from car_hf.core.gguf import OFFLINE_PACKAGES, OfflinePackage
+from car_hf.core.models import (
     clear_model_cache,
     default_dtype,
     describe_model,
@@ -246,7 +246,7 @@ def test_device_and_dtype_resolution(monkeypatch):
 
 def _fake_gpu(monkeypatch, capability: tuple[int, int]) -> None:
     """CUDA "available" with this compute capability: dtype resolution only asks these (nothing runs on it)."""
-    from car_hf import devices
+    from car_hf.core import devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -255,15 +255,15 @@ def _fake_gpu(monkeypatch, capability: tuple[int, int]) -> None:
 
 
 def test_auto_dtype_keeps_fp16_unstable_families_in_float32_on_gpus_without_bf16(monkeypatch, tmp_path, tok, caplog):
-    from car_hf.models import loaded_dtype
+    from car_hf.core.models import loaded_dtype
 
     gemma = tiny.save_tiny(tiny.build_gemma3_lm(tok), tok, tmp_path / "gemma")
     llama = tiny.save_tiny(tiny.build_causal_lm(tok), tok, tmp_path / "llama")
     _fake_gpu(monkeypatch, (7, 5))  # a T4 / V100-class GPU: float16, no bfloat16
-    with caplog.at_level(logging.WARNING, logger="car_hf.devices"):
+    with caplog.at_level(logging.WARNING, logger="car_hf.core.devices"):
         assert loaded_dtype(gemma, device="cuda:0") == "float32"  # read from its config: gemma3_text
         assert loaded_dtype(gemma, device="cuda:0") == "float32"
-    said = [r.getMessage() for r in caplog.records if r.name == "car_hf.devices"]
+    said = [r.getMessage() for r in caplog.records if r.name == "car_hf.core.devices"]
     assert len(said) == 1 and "gemma3_text models overflow float16" in said[0] and "7.5" in said[0]
     assert loaded_dtype(llama, device="cuda:0") == "float16"  # a family float16 suits
     assert loaded_dtype(gemma, dtype="fp16", device="cuda:0") == "float16"  # an explicit choice is the user's
@@ -344,7 +344,7 @@ def fake_package(tmp_path, monkeypatch, saved, tok):
 
 
 def test_offline_fallback_converts_once(fake_package, saved, tok, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="car_hf.models"):
+    with caplog.at_level(logging.INFO, logger="car_hf.core.models"):
         model, tokenizer = load_model("car-hf-test/fake", device="cpu")
     assert [r for r in caplog.records if "offline package car-hf-fake-gguf" in r.getMessage()]
     assert len(fake_package) == 1 and fake_package[0].name == "model.gguf"

@@ -1,4 +1,4 @@
-"""car_hf.pilot: the CI-sized pilot (tiny student, scripted teachers, seconds) and its refusals of bad input.
+"""car_hf.evaluation.pilot: the CI-sized pilot (tiny student, scripted teachers, seconds) and its refusals of bad input.
 
 What the CI-sized pilot checks: three scripted teachers answer the same 40 letter-counting instructions — one
 always right, one right on two thirds and "9" on the rest, one always "9" (never a right count: no word in
@@ -25,13 +25,13 @@ from datasets import Dataset
 from scipy.stats import spearmanr
 from trl import ModelConfig, SFTConfig
 
-import car_hf.pilot
+import car_hf.evaluation.pilot
 from car_hf import ConfigError, InputError
-from car_hf.evaluation import EvaluationConfig
-from car_hf.pilot import BASELINE, choose_teachers, run_pilot
-from car_hf.ranking import rank_generators
-from car_hf.tasks import ANSWER_MATCH, make_tasks
-from car_hf.teacher import TeacherConfig
+from car_hf.evaluation.student import EvaluationConfig
+from car_hf.evaluation.pilot import BASELINE, choose_teachers, run_pilot
+from car_hf.ranking.leaderboard import rank_generators
+from car_hf.generation.tasks import ANSWER_MATCH, make_tasks
+from car_hf.generation.teacher import TeacherConfig
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN = 40
@@ -146,7 +146,7 @@ def test_ci_sized_pilot_ranks_the_all_wrong_teacher_last_and_resumes(tmp_path, t
         raise AssertionError("a finished student was trained or evaluated again")
 
     monkeypatch.setattr(trl.SFTTrainer, "__init__", refuse)
-    monkeypatch.setattr(car_hf.pilot, "evaluate_student", refuse)
+    monkeypatch.setattr(car_hf.evaluation.pilot, "evaluate_student", refuse)
     again = run_recipe(tmp_path, tiny_model_dir, scripted_pool(tasks), heldout_of(tasks))
     assert again.teachers["realized"].tolist() == report.teachers["realized"].tolist()
     assert again.cost["right"]["train_seconds"] == report.cost["right"]["train_seconds"]
@@ -281,11 +281,11 @@ def test_cli_pilot_with_seeds_averages_per_item_and_reuses_finished_seeds(tmp_pa
 
 # ---------------------------------------------------------------------------------------- issue 19's pilot notes
 def test_teachers_answering_different_instructions_train_on_the_shared_ones_and_say_so(tasks, caplog):
-    from car_hf.pilot_data import prompt_keys, training_rows
+    from car_hf.evaluation.pilot_data import prompt_keys, training_rows
 
     pool = scripted_pool(tasks)
     pool = pool.filter(lambda r, i: not (r["generator"] == "all wrong" and i % N_TRAIN < 5), with_indices=True)
-    with caplog.at_level("WARNING", logger="car_hf.pilot"):
+    with caplog.at_level("WARNING", logger="car_hf.evaluation.pilot"):
         shared = training_rows(pool, list(LOSS), 30)
     keys = {t: prompt_keys(rows) for t, rows in shared.rows.items()}
     assert shared.skipped == 5 and all(len(k) == 30 for k in keys.values())
@@ -317,7 +317,7 @@ def test_reward_function_pilot_names_its_measure_and_keys_its_caches_by_what_cha
     editing the grader re-evaluates (no retraining); weight decay retrains; logging options reuse everything."""
     import importlib
 
-    from car_hf.pilot_report import PilotReport
+    from car_hf.evaluation.pilot_report import PilotReport
 
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "pilot_grader.py").write_text(GRADER)
@@ -327,11 +327,11 @@ def test_reward_function_pilot_names_its_measure_and_keys_its_caches_by_what_cha
     evaluation = EvaluationConfig(generation=TeacherConfig(max_new_tokens=4), reward="pilot_grader:grade",
                                   n_bootstrap=50)
     built, evaluated, saved = [], [], []
-    original_init, original_evaluate, original_save = trl.SFTTrainer.__init__, car_hf.pilot.evaluate_student, \
+    original_init, original_evaluate, original_save = trl.SFTTrainer.__init__, car_hf.evaluation.pilot.evaluate_student, \
         PilotReport.save
     monkeypatch.setattr(trl.SFTTrainer, "__init__",
                         lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
-    monkeypatch.setattr(car_hf.pilot, "evaluate_student",
+    monkeypatch.setattr(car_hf.evaluation.pilot, "evaluate_student",
                         lambda *a, **k: evaluated.append(k["name"]) or original_evaluate(*a, **k))
     monkeypatch.setattr(PilotReport, "save",
                         lambda self, folder: saved.append(self.partial) or original_save(self, folder))
@@ -369,7 +369,7 @@ def test_reward_function_pilot_names_its_measure_and_keys_its_caches_by_what_cha
 def test_the_measure_can_be_named_and_a_stopped_pilot_keeps_its_students_and_says_how_to_resume(
         tmp_path, tasks, tiny_model_dir, hf_cache, monkeypatch, one_thread, caplog):
     training_args, model_args = budget(tmp_path, tiny_model_dir)
-    original = car_hf.pilot._train
+    original = car_hf.evaluation.pilot._train
     calls = []
 
     def second_fails(*args, **kwargs):
@@ -378,10 +378,10 @@ def test_the_measure_can_be_named_and_a_stopped_pilot_keeps_its_students_and_say
             raise RuntimeError("out of memory")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(car_hf.pilot, "_train", second_fails)
+    monkeypatch.setattr(car_hf.evaluation.pilot, "_train", second_fails)
     run = dict(n_instructions=N_TRAIN, output_dir=tmp_path / "pilot", teachers=["right", "all wrong"],
                measure_name="exact match", rerun="car-hf pilot --config pilot.yaml")
-    with caplog.at_level("ERROR", logger="car_hf.pilot"), pytest.raises(RuntimeError, match="out of memory"):
+    with caplog.at_level("ERROR", logger="car_hf.evaluation.pilot"), pytest.raises(RuntimeError, match="out of memory"):
         run_pilot(scripted_pool(tasks), heldout_of(tasks), training_args, model_args, EVALUATION, **run)
     assert ("the pilot stopped after 1 of 2 students were trained and evaluated; they are kept in "
             f"{tmp_path / 'pilot' / 'cache'}") in caplog.text
@@ -390,7 +390,7 @@ def test_the_measure_can_be_named_and_a_stopped_pilot_keeps_its_students_and_say
     assert "**partial: 1 of 2 teachers evaluated so far" in partial and "`right`" in partial
     assert "realized exact match [CI]" in partial
 
-    monkeypatch.setattr(car_hf.pilot, "_train", original)
+    monkeypatch.setattr(car_hf.evaluation.pilot, "_train", original)
     report = run_pilot(scripted_pool(tasks), heldout_of(tasks), training_args, model_args, EVALUATION, **run)
     assert report.cost["right"]["training_reused"] and report.cost["right"]["evaluation_reused"]
     assert not report.cost["all wrong"]["training_reused"] and report.partial is None

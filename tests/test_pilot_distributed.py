@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 from test_pilot import N_TRAIN, heldout_of, scripted_pool
 
-from car_hf.pilot import BASELINE
-from car_hf.tasks import make_tasks
+from car_hf.evaluation.pilot import BASELINE
+from car_hf.generation.tasks import make_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_two_processes_share_the_evaluations_and_report_what_one_process_reports
     for rank, name in re.findall(r"\[rank (\d)/2\] INFO car_hf\.pilot: evaluating (.+)", two.stderr):
         evaluated[int(rank)].append(name)
     assert evaluated == {0: [BASELINE, "right"], 1: ["all wrong"]}
-    assert one.stderr.count("INFO car_hf.pilot: evaluating ") == 3 and "[rank" not in one.stderr  # one does all
+    assert one.stderr.count("INFO car_hf.evaluation.pilot: evaluating ") == 3 and "[rank" not in one.stderr  # one does all
 
     # Equal to one process: the same realized values, the same answers item by item.
     reports = {n: json.loads((tmp_path / n / "report.json").read_text()) for n in ("one", "two")}

@@ -1,4 +1,4 @@
-"""car_hf.pilot_report on synthetic evaluations (no model): what the report says and how it says it."""
+"""car_hf.evaluation.pilot_report on synthetic evaluations (no model): what the report says and how it says it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from car_hf.evaluation import EvaluationConfig, StudentEvaluation, summarize
-from car_hf.pilot_report import INTERVALS, build_report, permutation_p
-from car_hf.ranking import rank_generators
+from car_hf.evaluation.student import EvaluationConfig, StudentEvaluation, summarize
+from car_hf.evaluation.pilot_report import INTERVALS, build_report, permutation_p
+from car_hf.ranking.leaderboard import rank_generators
 
 N_ITEMS = 40
 

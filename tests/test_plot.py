@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import car_hf.plot
-from car_hf.labels import MARKER_SIZE
-from car_hf.plot import iso_car_levels, plot_beta_curve, plot_ranking
-from car_hf.ranking import fit_beta, rank_generators
+import car_hf.plots.plot
+from car_hf.plots.labels import MARKER_SIZE
+from car_hf.plots.plot import iso_car_levels, plot_beta_curve, plot_ranking
+from car_hf.ranking.leaderboard import fit_beta, rank_generators
 
 ZOO = Path("/work/shared/data/alpaca_eval_zoo")
 BETA = 0.5
@@ -88,8 +88,8 @@ def test_best_generator_highlighted(drawn, table):
     fig, _ = drawn
     best = table["generator"].iloc[0]
     label = next(t for t in _point_labels(fig.axes[0]) if t.get_text() == f"#1 {best}")
-    assert label.get_fontweight() == "bold" and label.get_color() == car_hf.plot.BEST_COLOR
-    assert fig.axes[1].get_yticklabels()[0].get_color() == car_hf.plot.BEST_COLOR
+    assert label.get_fontweight() == "bold" and label.get_color() == car_hf.plots.plot.BEST_COLOR
+    assert fig.axes[1].get_yticklabels()[0].get_color() == car_hf.plots.plot.BEST_COLOR
 
 
 def test_labels_do_not_overlap_each_other_markers_or_leave_the_axes(drawn, table):
@@ -245,4 +245,4 @@ def test_beta_curve_symlog_with_zero_and_best_marked(table, tmp_path):
 
 
 def test_docstring_examples_run():
-    assert doctest.testmod(car_hf.plot).failed == 0
+    assert doctest.testmod(car_hf.plots.plot).failed == 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from car_hf import rank_generators, spearman_table
-from car_hf.ranking import BASELINES, p_best
+from car_hf.ranking.leaderboard import BASELINES, p_best
 
 
 def rows():

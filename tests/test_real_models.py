@@ -8,8 +8,8 @@ from datasets import Dataset
 
 import tiny
 from car_hf import add_base_loss, add_car, rank_generators
-from car_hf import formats
-from car_hf.models import load_model
+from car_hf.core import formats
+from car_hf.core.models import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -218,7 +218,7 @@ def ran(tmp_path_factory):
             subprocess.run(["rm", "-rf", str(root / "runs" / "pilot-tiny")], check=True)
         result = _run(command, root)
         if command.script == "recipes/sft.py":
-            from car_hf.callbacks import read_selection_summary
+            from car_hf.training.callbacks import read_selection_summary
 
             out = root / "runs" / "sft-tiny-cpu"
             scores, parts = _scores(out)
@@ -250,7 +250,7 @@ def test_sft_two_processes_share_the_scoring_and_match_one_process(ran):
     assert [p["chunks"] for p in one["progress"]] == [[0, 1, 2, 3, 4, 5]]
     assert [(p["rank"], p["world_size"], p["chunks"], p["scored"]) for p in two["progress"]] == \
         [(0, 2, [0, 1, 2], [0, 1, 2]), (1, 2, [3, 4, 5], [3, 4, 5])]
-    assert "[rank 1/2] INFO car_hf.distributed: chunk 5 (rows 20-23) of 6 scored and saved" in two["log"]
+    assert "[rank 1/2] INFO car_hf.core.distributed: chunk 5 (rows 20-23) of 6 scored and saved" in two["log"]
     # The results of one process: the same scores, the same selected rows.
     assert len(one["scores"]) == len(two["scores"]) == 24
     assert (one["scores"]["base_loss"] - two["scores"]["base_loss"]).abs().max() < 1e-5
@@ -260,7 +260,7 @@ def test_sft_two_processes_share_the_scoring_and_match_one_process(ran):
     assert one["selection"]["rows_kept"] == 16
     from datasets import Dataset
 
-    from car_hf.selection import select
+    from car_hf.training.selection import select
 
     rows = [list(select(Dataset.from_pandas(v["scores"], preserve_index=False), "top_fraction", 0.66,
                         reward_column="reward").rows["output"]) for v in (one, two)]

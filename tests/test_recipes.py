@@ -87,13 +87,13 @@ def no_model_loading(monkeypatch):
     import transformers
     import trl
 
-    import car_hf.models
+    import car_hf.core.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded (or the trainer built) before the input error was reported")
 
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
-    monkeypatch.setattr(car_hf.models, "load_model", refuse)
+    monkeypatch.setattr(car_hf.core.models, "load_model", refuse)
     monkeypatch.setattr(trl.SFTTrainer, "__init__", refuse)
 
 
@@ -153,7 +153,7 @@ def test_sft_tiny_cpu_trains_selects_saves_merges_and_pushes(workdir):
     assert progress["scored"] == list(range(6))
 
     # Selection: the 16 best-CAR rows of 24, recorded in trainer_state.json and the model card.
-    from car_hf.callbacks import read_selection_summary
+    from car_hf.training.callbacks import read_selection_summary
 
     state = json.loads((out / "trainer_state.json").read_text())
     summary = read_selection_summary(out)
@@ -283,7 +283,7 @@ def test_realistic_sft_configs_parse_with_the_papers_settings(name, monkeypatch)
         assert script_args.merge_adapter is True
     else:
         assert training_args.learning_rate == 2e-5
-    from car_hf.selection import check_selection
+    from car_hf.training.selection import check_selection
 
     check_selection(script_args.select, script_args.select_value)
     assert script_args.select in ("generator", "best_of_n") and config.reward_transform == "sigmoid"

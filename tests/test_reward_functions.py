@@ -7,8 +7,8 @@ from datasets import Dataset
 
 import tiny
 from car_hf import InputError, add_car, add_reward
-from car_hf.cache import scoring_key
-from car_hf.reward import RewardFunctionScorer
+from car_hf.core.cache import scoring_key
+from car_hf.scoring.reward import RewardFunctionScorer
 
 SEEN: list[dict] = []
 
@@ -66,8 +66,8 @@ def test_a_reward_function_by_import_path(tmp_path):
 
     ds = Dataset.from_list([{"instruction": "2+2?", "output": "Answer: 4", "answer": "4"},
                             {"instruction": "3+3?", "output": "5", "answer": "6"}])
-    scorer = add_reward("car_hf.tasks:AnswerReward")  # a class: instantiated with no arguments
+    scorer = add_reward("car_hf.generation.tasks:AnswerReward")  # a class: instantiated with no arguments
     assert ds.map(scorer, batched=True)["reward"][:] == [1.0, 0.0]
-    assert scorer.describe()["id"] == "function:car_hf.tasks.AnswerReward"
+    assert scorer.describe()["id"] == "function:car_hf.generation.tasks.AnswerReward"
     with pytest.raises(ConfigError, match="cannot be imported"):
-        add_reward("car_hf.tasks:NoSuchReward")
+        add_reward("car_hf.generation.tasks:NoSuchReward")

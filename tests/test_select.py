@@ -9,10 +9,10 @@ import tiny
 from datasets import Dataset
 
 from car_hf import CARFilter, select_generator
-from car_hf.callbacks import read_selection_summary
-from car_hf.cards import CARD_BEGIN
-from car_hf.errors import ConfigError, InputError
-from car_hf.selection import SELECT_MODES, check_selection, select
+from car_hf.training.callbacks import read_selection_summary
+from car_hf.publishing.cards import CARD_BEGIN
+from car_hf.core.errors import ConfigError, InputError
+from car_hf.training.selection import SELECT_MODES, check_selection, select
 
 
 def scored(n=12, seed=0):
@@ -130,7 +130,7 @@ def test_trainer_callback_logs_and_records_the_selection(tmp_path, tokenizer, ca
                        activation_checkpointing=False, report_to=[], use_cpu=True, save_strategy="steps", save_steps=1)
     trainer = SFTTrainer(model=tiny.build_causal_lm(tokenizer), args=config, train_dataset=records,
                          processing_class=tokenizer, callbacks=[flt])
-    with caplog.at_level("INFO", logger="car_hf.callbacks"):
+    with caplog.at_level("INFO", logger="car_hf.training.callbacks"):
         trainer.train()
     assert "CAR selection (top_fraction): kept 4 of 8 rows" in caplog.text
     state = json.loads((tmp_path / "checkpoint-1" / "trainer_state.json").read_text())

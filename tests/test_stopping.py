@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from car_hf.ranking import bootstrap_car
-from car_hf.stopping import (
+from car_hf.ranking.leaderboard import bootstrap_car
+from car_hf.ranking.stopping import (
     decision_level,
     instruction_cells,
     pairwise_win_probability,

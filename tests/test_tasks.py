@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from car_hf.tasks import TASK_TYPES, AnswerReward, extract_answer, make_tasks
+from car_hf.generation.tasks import TASK_TYPES, AnswerReward, extract_answer, make_tasks
 
 
 def test_every_task_kind_has_a_correct_reference():

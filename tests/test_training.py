@@ -7,9 +7,9 @@ import torch
 from datasets import Dataset
 
 from car_hf import CARConfig, ConfigError, InputError
-from car_hf.config import PLAIN_TEMPLATE
-from car_hf.formats import detect_layout
-from car_hf.training import SFTScriptArguments, merge_adapter, merge_lora, split_eval, to_records, training_config
+from car_hf.core.config import PLAIN_TEMPLATE
+from car_hf.core.formats import detect_layout
+from car_hf.training.sft import SFTScriptArguments, merge_adapter, merge_lora, split_eval, to_records, training_config
 
 
 def test_multi_turn_data_without_a_chat_template_uses_the_plain_template(plain_tokenizer):

@@ -4,7 +4,7 @@ import pytest
 from datasets import Dataset
 
 from car_hf import ConfigError, add_car
-from car_hf.trial import rank_teachers
+from car_hf.ranking.trial import rank_teachers
 
 CALLS: dict[str, int] = {}
 KILL: dict[str, int] = {}
@@ -86,7 +86,7 @@ def test_a_killed_trial_resumes_without_generating_twice(tmp_path):
 
 
 def test_real_teachers_generate_and_the_student_scores(tmp_path, tokenizer, causal_lm, tiny_model_dir):
-    from car_hf.generate import add_responses
+    from car_hf.generation.generate import add_responses
 
     def length_reward(prompts, completions, **columns):
         return [min(len(c), 50) / 50 + 0.01 for c in completions]

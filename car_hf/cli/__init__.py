@@ -10,7 +10,7 @@ mechanism, :class:`~car_hf.cli.common.CommandLineMixin`). Every command writes t
 :class:`~car_hf.CARConfig`; the old ``--max-length``, ``--dtype``, ``--device`` and ``--trust-remote-code`` still
 work (hidden, with a note). A user error ends with one ``car-hf <command>: error: ...`` line and exit status 2;
 a generation that failed for some rows after the retries ends with one line naming them and the command that
-resumes it, and exit status 3 (finished rows are kept in the checkpoint: ``car_hf.resume``).
+resumes it, and exit status 3 (finished rows are kept in the checkpoint: ``car_hf.generation.resume``).
 ``--help`` imports no torch, transformers or datasets (the commands import them when they run).
 
 Example:
@@ -29,10 +29,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..errors import EXIT_GENERATION_FAILED, EXIT_USER_ERROR, GenerationError, ModelLoadError, PublishError
-from ..teacher import mask_secrets
-from . import scoring, teachers
-from .common import DEPRECATED_FLAGS, Parser, UsageError, config_from_args
+from car_hf.core.errors import EXIT_GENERATION_FAILED, EXIT_USER_ERROR, GenerationError, ModelLoadError, PublishError
+from car_hf.generation.teacher import mask_secrets
+from car_hf.cli import scoring, teachers
+from car_hf.cli.common import DEPRECATED_FLAGS, Parser, UsageError, config_from_args
 
 __all__ = ["DEPRECATED_FLAGS", "build_parser", "config_from_args", "main"]
 
@@ -55,7 +55,7 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ConnectionError, ModelLo
 
 
 def _report(line: str, status: int = EXIT_USER_ERROR) -> int:
-    # One line even when a library's message has several; never a credential of a URL (car_hf.teacher.mask_secrets).
+    # One line even when a library's message has several; never a credential of a URL (car_hf.generation.teacher.mask_secrets).
     print(" ".join(mask_secrets(line).split()), file=sys.stderr)
     return status
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from ..config import KEYWORD_ALIASES, CARConfig
+from car_hf.core.config import KEYWORD_ALIASES, CARConfig
 
 # The fields renamed with a score_ prefix (TRL owns the bare names): their old flags stay as hidden aliases.
 DEPRECATED_FLAGS = {f"--{old.replace('_', '-')}": field for old, field in KEYWORD_ALIASES.items()

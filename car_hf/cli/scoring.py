@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..config import DEMO_MAX_LENGTH, CARConfig
-from ..errors import ConfigError
-from .common import add_data_arguments, add_deprecated_flags, add_map_arguments, add_output_dir, config_from_args
+from car_hf.core.config import DEMO_MAX_LENGTH, CARConfig
+from car_hf.core.errors import ConfigError
+from car_hf.cli.common import add_data_arguments, add_deprecated_flags, add_map_arguments, add_output_dir, config_from_args
 
 if TYPE_CHECKING:  # the commands import the stack when they run, so that --help needs none of it
     import datasets
 
-    from ..scoring import CARScorer
+    from car_hf.scoring.scorer import CARScorer
 
 
 def add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,23 +103,23 @@ def _ranking_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> datasets.Dataset:
-    from ..data import load_data
+    from car_hf.core.data import load_data
 
     return load_data(args.data, split=args.split, generators=args.generators, by=args.by,
                      max_instructions=args.max_instructions)
 
 
 def _score(args: argparse.Namespace, ds: datasets.Dataset, scorer: CARScorer) -> datasets.Dataset:
-    from ..data import map_scores
+    from car_hf.core.data import map_scores
 
     return map_scores(ds, scorer, batch_size=args.batch_size, num_proc=args.num_proc,
                       desc=f"Scoring with {scorer.config.resolved_base_model}")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..data import save_data
-    from ..inputs import check_scoring_inputs
-    from ..scoring import CARScorer
+    from car_hf.core.data import save_data
+    from car_hf.core.inputs import check_scoring_inputs
+    from car_hf.scoring.scorer import CARScorer
 
     scorer = CARScorer(config=config_from_args(args))  # first: a bad option fails before any data loads
     ds = _load(args)
@@ -133,10 +133,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from ..adaptive import rank_adaptive
-    from ..data import ranking_markdown, read_config, write_ranking
-    from ..ranking import rank_generators
-    from ..scoring import scorer_for_ranking
+    from car_hf.ranking.adaptive import rank_adaptive
+    from car_hf.publishing.folders import ranking_markdown, write_ranking
+    from car_hf.core.data import read_config
+    from car_hf.ranking.leaderboard import rank_generators
+    from car_hf.scoring.scorer import scorer_for_ranking
 
     config = config_from_args(args)
     if args.plot and not args.output_dir:
@@ -149,7 +150,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         table = rank_generators(ds, reward_column=config.reward_column or "reward", n_bootstrap=args.bootstrap,
                                 config=_ranking_record(read_config(args.data)), **ranking)
     else:
-        from ..inputs import check_scoring_inputs, need_column
+        from car_hf.core.inputs import check_scoring_inputs, need_column
 
         need_column(args.by, ds.column_names, "--by: the generator of each row")  # before any model loads
         check_scoring_inputs(ds, config, fallback_reward_model=True)
@@ -173,8 +174,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..data import ranking_markdown
-    from ..demo import run_demo
+    from car_hf.publishing.folders import ranking_markdown
+    from car_hf.demo import run_demo
 
     start = time.perf_counter()
     result = run_demo(args.output_dir, config=config_from_args(args), zoo=args.zoo, max_examples=args.max_examples,
@@ -192,9 +193,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .. import hub
-    from ..callbacks import read_selection_summary
-    from ..data import read_ranking
+    from car_hf.publishing import hub
+    from car_hf.training.callbacks import read_selection_summary
+    from car_hf.publishing.folders import read_ranking
 
     hub.check_repo_id(args.repo_id)  # before a dry run writes anything
     folder = Path(args.path)

@@ -3,10 +3,10 @@ generating; a pilot distillation that checks the choice on the student.
 
     car-hf generate instructions.jsonl --teacher HuggingFaceTB/SmolLM2-135M-Instruct --max-new-tokens 256 -o out/
     car-hf trial instructions.jsonl --teacher org/model-a --teacher org/model-b --base-model google/gemma-3-270m \\
-        --reward-model car_hf.tasks:AnswerReward --output-dir trial/
+        --reward-model car_hf.generation.tasks:AnswerReward --output-dir trial/
     car-hf pilot --config recipes/configs/pilot_tiny_cpu.yaml --dataset-name trial/scored --heldout-name heldout.jsonl
 
-Generation options are the fields of :class:`~car_hf.teacher.TeacherConfig` (defaults for every teacher of a
+Generation options are the fields of :class:`~car_hf.generation.teacher.TeacherConfig` (defaults for every teacher of a
 trial); ``--teachers FILE`` (YAML or JSON: a list of TeacherConfig fields, one entry per teacher) gives each
 teacher its own, e.g. the same model under several system prompts.
 
@@ -25,10 +25,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..config import CARConfig
-from ..errors import EXIT_GENERATION_FAILED, ConfigError, GenerationError, InputError
-from ..teacher import TeacherConfig
-from .common import (SPELLINGS_NOTE, CommandLineMixin, Parser, add_dataclass_arguments, add_deprecated_flags,
+from car_hf.core.config import CARConfig
+from car_hf.core.errors import EXIT_GENERATION_FAILED, ConfigError, GenerationError, InputError
+from car_hf.generation.teacher import TeacherConfig
+from car_hf.cli.common import (SPELLINGS_NOTE, CommandLineMixin, Parser, add_dataclass_arguments, add_deprecated_flags,
                      add_map_arguments, add_output_dir, config_from_args, other_spelling)
 
 
@@ -63,7 +63,7 @@ def _generation_failed(args: argparse.Namespace, error: Any, checkpoint: Path, r
     """Say which rows failed and how to resume (one line on stderr); the exit status of a failed generation."""
     import sys
 
-    from ..resume import failure_line, retry_summary
+    from car_hf.generation.resume import failure_line, retry_summary
 
     rerun = shlex.join(["car-hf", *getattr(args, "argv", sys.argv[1:])])
     print(failure_line(f"car-hf {args.command}", error, checkpoint, rerun, retry_summary(retries)), file=sys.stderr)
@@ -71,11 +71,11 @@ def _generation_failed(args: argparse.Namespace, error: Any, checkpoint: Path, r
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..cache import ScoreCache, scoring_key
-    from ..data import load_data, save_data
-    from ..distributed import gather_chunks, score_chunks
-    from ..generate import add_responses, map_batch_size
-    from ..resume import KEPT_FILE, default_checkpoint, keeping_responses, retry_counts, retry_summary
+    from car_hf.core.cache import ScoreCache, scoring_key
+    from car_hf.core.data import load_data, save_data
+    from car_hf.core.distributed import gather_chunks, score_chunks
+    from car_hf.generation.generate import add_responses, map_batch_size
+    from car_hf.generation.resume import KEPT_FILE, default_checkpoint, keeping_responses, retry_counts, retry_summary
 
     generator = add_responses(config=_teacher_defaults(args, teacher=args.teacher))
     ds = load_data(args.data, split=args.split)
@@ -103,11 +103,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from ..data import load_data, ranking_markdown, write_ranking
-    from ..generate import add_responses
-    from ..resume import KEPT_FILE, default_checkpoint, keeping_responses, retry_counts, retry_summary
-    from ..scoring import scorer_for_ranking
-    from ..trial import rank_teachers
+    from car_hf.core.data import load_data
+    from car_hf.publishing.folders import ranking_markdown, write_ranking
+    from car_hf.generation.generate import add_responses
+    from car_hf.generation.resume import KEPT_FILE, default_checkpoint, keeping_responses, retry_counts, retry_summary
+    from car_hf.scoring.scorer import scorer_for_ranking
+    from car_hf.ranking.trial import rank_teachers
 
     config = config_from_args(args)
     teachers = _teachers(args)
@@ -141,11 +142,11 @@ PILOT_DESCRIPTION = ("Fine-tune the student on each candidate teacher's answers 
 
 
 def pilot_parser_full() -> Any:
-    """``car-hf pilot``'s parser: :func:`car_hf.pilot.pilot_parser` (a ``TrlParser``, TRL's ``SFTConfig`` and
+    """``car-hf pilot``'s parser: :func:`car_hf.evaluation.pilot.pilot_parser` (a ``TrlParser``, TRL's ``SFTConfig`` and
     ``ModelConfig`` included), with car-hf's spellings, one-line errors and ``-o`` for ``--output-dir``."""
     from trl import TrlParser
 
-    from ..pilot import pilot_parser
+    from car_hf.evaluation.pilot import pilot_parser
 
     class PilotParser(CommandLineMixin, TrlParser):
         pass
@@ -158,8 +159,8 @@ def pilot_parser_full() -> Any:
 def pilot_help_parser() -> Parser:
     """``car-hf pilot --help``: the pilot's own options, without TRL's (importing TRL takes seconds; ``--help-all``
     lists its options too, from :func:`pilot_parser_full`)."""
-    from ..evaluation import EvaluationArguments
-    from ..pilot_args import PilotArguments
+    from car_hf.evaluation.student import EvaluationArguments
+    from car_hf.evaluation.pilot_args import PilotArguments
 
     parser = Parser(prog="car-hf pilot", description=PILOT_DESCRIPTION, epilog=(
         "Also every option of TRL's SFTConfig and ModelConfig (--learning-rate, --num-train-epochs, "
@@ -182,7 +183,7 @@ def run_pilot_command(argv: list[str]) -> int:
     if "-h" in options or "--help" in options:
         pilot_help_parser().print_help()
         return 0
-    from ..pilot import pilot_from_arguments
+    from car_hf.evaluation.pilot import pilot_from_arguments
 
     parsed = pilot_parser_full().parse_args_and_config(argv)
     report = pilot_from_arguments(*parsed, rerun=shlex.join(["car-hf", "pilot", *argv]))
