@@ -45,7 +45,7 @@ def test_two_processes_share_the_evaluations_and_report_what_one_process_reports
 
     # Divided: the untuned student first on process 0, then one tuned student per process.
     evaluated: dict[int, list[str]] = {0: [], 1: []}
-    for rank, name in re.findall(r"\[rank (\d)/2\] INFO car_hf\.pilot: evaluating (.+)", two.stderr):
+    for rank, name in re.findall(r"\[rank (\d)/2\] INFO car_hf\.evaluation\.pilot: evaluating (.+)", two.stderr):
         evaluated[int(rank)].append(name)
     assert evaluated == {0: [BASELINE, "right"], 1: ["all wrong"]}
     assert one.stderr.count("INFO car_hf.evaluation.pilot: evaluating ") == 3 and "[rank" not in one.stderr  # one does all
