@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -84,6 +85,25 @@ def file_digests(folder: str | os.PathLike, skip: Iterable[str] = ()) -> dict[st
                     digest.update(block)
             digests[path.name] = digest.hexdigest()
     return digests
+
+
+def code_digest(obj: Any) -> str:
+    """A short hash of a function's (or a callable object's class's) source and its state, for cache keys: editing
+    a grader or an answer extractor changes it, renaming nothing does.
+
+    Example:
+        >>> def grade(text): return float(text == "4")
+        >>> code_digest(grade) == code_digest(grade), len(code_digest(grade))
+        (True, 16)
+    """
+    target = obj if inspect.isfunction(obj) or inspect.ismethod(obj) else type(obj)
+    try:
+        source = inspect.getsource(target)
+    except (OSError, TypeError):  # defined interactively: its code object stands in
+        source = repr(getattr(target, "__code__", target))
+    state = "" if target is obj else json.dumps(vars(obj) if hasattr(obj, "__dict__") else repr(obj), default=str,
+                                                 sort_keys=True)
+    return hashlib.blake2b((source + state).encode(), digest_size=8).hexdigest()
 
 
 def rows_digest(dataset: Any, rows: Iterable[int] | None = None, columns: Iterable[str] | None = None) -> str:

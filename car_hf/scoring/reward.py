@@ -14,9 +14,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -182,15 +180,9 @@ class RewardFunctionScorer:
         return {"id": f"function:{self.name}", "revision": None}
 
     def cache_identity(self) -> dict[str, Any]:
-        target = self.function if inspect.isfunction(self.function) else type(self.function)
-        try:
-            source = inspect.getsource(target)
-        except (OSError, TypeError):  # defined interactively: its code object stands in
-            source = repr(getattr(target, "__code__", target))
-        state = "" if inspect.isfunction(self.function) else json.dumps(vars(self.function), default=str,
-                                                                         sort_keys=True)
-        digest = hashlib.blake2b((source + state).encode(), digest_size=8).hexdigest()
-        return {"transform": "RewardFunctionScorer", "function": self.name, "source": digest,
+        from car_hf.core.cache import code_digest
+
+        return {"transform": "RewardFunctionScorer", "function": self.name, "source": code_digest(self.function),
                 "config": self.config.cache_key()}
 
     def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
