@@ -96,4 +96,4 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, {name: f"car_hf.{module}" for name, module in _EXPORTS.items()})
+__getattr__, __dir__ = lazy_exports(__name__, _SUBMODULES)

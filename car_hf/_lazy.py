@@ -4,7 +4,7 @@ Example:
     >>> import sys, types
     >>> pkg = types.ModuleType("demo_pkg")
     >>> sys.modules["demo_pkg"] = pkg
-    >>> pkg.__getattr__, pkg.__dir__ = lazy_exports("demo_pkg", {"sqrt": "math"})
+    >>> pkg.__getattr__, pkg.__dir__ = lazy_exports("demo_pkg", {"math": ("sqrt",)}, relative=False)
     >>> pkg.sqrt(9.0), "sqrt" in dir(pkg)
     (3.0, True)
 """
@@ -15,17 +15,20 @@ import importlib
 import importlib.util
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
-def lazy_exports(package: str, exports: Mapping[str, str], legacy: str | None = None
-                 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps each public name to the module defining it.
+def lazy_exports(package: str, modules: Mapping[str, Sequence[str]], legacy: str | None = None, *,
+                 relative: bool = True) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package``: ``modules`` maps each module (under ``package`` when
+    ``relative``) to the public names it defines.
 
     ``legacy``: the module that used to live at this package's path (``car_hf.ranking`` was a module before the
     stages became packages); its other names still resolve, with a ``DeprecationWarning`` naming the new home.
     """
+    exports = {name: f"{package}.{module}" if relative else module for module, names in modules.items()
+               for name in names}
 
     def __getattr__(name: str) -> Any:
         if name in exports:

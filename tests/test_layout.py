@@ -160,3 +160,19 @@ def test_every_old_module_path_still_imports():
 def test_each_stage_documents_itself(stage):
     doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text()))
     assert doc and len(doc.split()) >= 10
+
+
+def test_stage_exports_are_the_same_objects_as_car_hf_exports():
+    """``from car_hf.ranking import rank_generators`` and ``car_hf.rank_generators`` are one object; a stage
+    exports only names its own modules define."""
+    import importlib
+
+    import car_hf
+
+    for stage in LAYERS:
+        package = importlib.import_module(f"car_hf.{stage}")
+        for name in getattr(package, "__all__", ()):
+            value = getattr(package, name)
+            assert value.__module__.startswith(f"car_hf.{stage}.") if hasattr(value, "__module__") else True, name
+            if name in car_hf.__all__:
+                assert getattr(car_hf, name) is value, name

@@ -6,19 +6,11 @@ data layouts and chat rendering, file and Hub I/O, the checks made before any mo
 
 from car_hf._lazy import lazy_exports
 
-_EXPORTS = {
-    "CARConfig": "car_hf.core.config",
-    "DEFAULT_BASE_MODEL": "car_hf.core.config",
-    "ConfigError": "car_hf.core.errors",
-    "GenerationError": "car_hf.core.errors",
-    "HubAuthError": "car_hf.core.errors",
-    "InputError": "car_hf.core.errors",
-    "ModelLoadError": "car_hf.core.errors",
-    "PublishError": "car_hf.core.errors",
-    "zoo_to_long": "car_hf.core.formats",
-    "load_model": "car_hf.core.models",
-    "compatibility_adjusted_reward": "car_hf.core.car",
-    "transform_rewards": "car_hf.core.car",
+_MODULES = {
+    "config": ("CARConfig", "DEFAULT_BASE_MODEL"),
+    "errors": ("ConfigError", "GenerationError", "HubAuthError", "InputError", "ModelLoadError", "PublishError"),
+    "formats": ("zoo_to_long",), "models": ("load_model",),
+    "car": ("compatibility_adjusted_reward", "transform_rewards"),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(name for names in _MODULES.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -4,8 +4,6 @@
 
 from car_hf._lazy import lazy_exports
 
-_EXPORTS = {
-    "evaluate_student": "car_hf.evaluation.student",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, legacy="car_hf.evaluation.student")
+_MODULES = {"student": ("evaluate_student",)}
+__all__ = sorted(name for names in _MODULES.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, legacy="car_hf.evaluation.student")

@@ -4,9 +4,6 @@ transformers, vLLM and OpenAI-compatible engines, resumable generation, and chec
 
 from car_hf._lazy import lazy_exports
 
-_EXPORTS = {
-    "TeacherConfig": "car_hf.generation.teacher",
-    "add_responses": "car_hf.generation.generate",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+_MODULES = {"teacher": ("TeacherConfig",), "generate": ("add_responses",)}
+__all__ = sorted(name for names in _MODULES.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -4,14 +4,9 @@ rules; adaptive ranking (score until the order is decided); teacher trials (gene
 
 from car_hf._lazy import lazy_exports
 
-_EXPORTS = {
-    "rank_generators": "car_hf.ranking.leaderboard",
-    "fit_beta": "car_hf.ranking.leaderboard",
-    "BetaFit": "car_hf.ranking.leaderboard",
-    "spearman_table": "car_hf.ranking.leaderboard",
-    "rank_adaptive": "car_hf.ranking.adaptive",
-    "AdaptiveResult": "car_hf.ranking.stopping",
-    "rank_teachers": "car_hf.ranking.trial",
+_MODULES = {
+    "leaderboard": ("rank_generators", "fit_beta", "BetaFit", "spearman_table"), "adaptive": ("rank_adaptive",),
+    "stopping": ("AdaptiveResult",), "trial": ("rank_teachers",),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, legacy="car_hf.ranking.leaderboard")
+__all__ = sorted(name for names in _MODULES.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, legacy="car_hf.ranking.leaderboard")

@@ -4,12 +4,9 @@
 
 from car_hf._lazy import lazy_exports
 
-_EXPORTS = {
-    "add_base_loss": "car_hf.scoring.loss",
-    "add_reward": "car_hf.scoring.reward",
-    "DEFAULT_REWARD_MODEL": "car_hf.scoring.reward",
-    "add_car": "car_hf.scoring.scorer",
-    "CARScorer": "car_hf.scoring.scorer",
+_MODULES = {
+    "loss": ("add_base_loss",), "reward": ("add_reward", "DEFAULT_REWARD_MODEL"),
+    "scorer": ("add_car", "CARScorer"),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, legacy="car_hf.scoring.scorer")
+__all__ = sorted(name for names in _MODULES.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, legacy="car_hf.scoring.scorer")

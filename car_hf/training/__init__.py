@@ -4,9 +4,6 @@ recipe's steps, and TRL's ``SFTTrainer`` whose model card carries car_hf's secti
 
 from car_hf._lazy import lazy_exports
 
-_EXPORTS = {
-    "CARFilter": "car_hf.training.selection",
-    "select_generator": "car_hf.training.selection",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, legacy="car_hf.training.sft")
+_MODULES = {"selection": ("CARFilter", "select_generator")}
+__all__ = sorted(name for names in _MODULES.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, legacy="car_hf.training.sft")
