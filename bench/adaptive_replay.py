@@ -7,7 +7,7 @@ Two phases:
    parquet chunks under ``~/.cache/car_hf/bench/`` (keyed by model and settings; never in the repository). Slow
    (tens of minutes on 2 CPU cores): run it in the background.
 2. ``replay``: many seeded shuffles of the instructions; each replays ``rank_adaptive``'s stopping rule
-   (:func:`car_hf.stopping.stop_decision`, the very function the API calls) round by round on the cached values,
+   (:func:`car_hf.ranking.stopping.stop_decision`, the very function the API calls) round by round on the cached values,
    with no model, and compares the stopped ranking with the exhaustive one. Writes ``bench/ADAPTIVE.md``.
 
     python bench/adaptive_replay.py score --instructions 200      # background: nohup ... &
@@ -20,28 +20,21 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import MODELS, ROOT, machine, records_table, versions, write_report, zoo_path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from car_hf.ranking import adaptive, stopping
+from car_hf.ranking.leaderboard import Cells
 
-from car_hf import adaptive, stopping
-from car_hf.ranking import Cells
-
-ZOO = Path(os.environ.get("CAR_HF_SHARED_DATA") or ROOT.parent / "shared" / "data") / "alpaca_eval_zoo" / "zoo.jsonl.gz"
-MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+ZOO = zoo_path()
+MODEL = MODELS["smollm2"]
 REFERENCE = "gpt4_1106_preview"  # the judge's reference: judge_preference is 0.5 by construction
 CHUNK = 20  # instructions per cached chunk
 # Generator sets replayed: name -> generators left out.
@@ -73,8 +66,8 @@ def score(args: argparse.Namespace) -> None:
     import datasets
     import torch
 
-    from car_hf.scoring import CARScorer
-    from car_hf.data import map_scores
+    from car_hf.scoring.scorer import CARScorer
+    from car_hf.core.data import map_scores
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     datasets.disable_caching()
@@ -97,15 +90,20 @@ def score(args: argparse.Namespace) -> None:
               f"{time.perf_counter() - t0:.0f} s → {path}", flush=True)
 
 
-def load_scores(instructions: int, max_length: int) -> pd.DataFrame:
-    parts = []
-    for start in range(0, instructions, CHUNK):
+def load_scores(instructions: int | None, max_length: int) -> pd.DataFrame:
+    """The cached scores of the first ``instructions`` (None: of every cached chunk, from the first on)."""
+    parts, start = [], 0
+    while instructions is None or start < instructions:
         path = chunk_path(max_length, start)
         if not path.exists():
-            raise SystemExit(f"missing {path}: run `python bench/adaptive_replay.py score --instructions {instructions}`")
+            if instructions is None and parts:
+                break
+            raise SystemExit(f"missing {path}: run `python bench/adaptive_replay.py score --instructions "
+                             f"{instructions or 805}`")
         parts.append(pd.read_parquet(path))
+        start += CHUNK
     frame = pd.concat(parts, ignore_index=True)
-    return frame[frame["instruction_id"] < instructions].reset_index(drop=True)
+    return frame if instructions is None else frame[frame["instruction_id"] < instructions].reset_index(drop=True)
 
 
 def reward_only(instructions: int) -> pd.DataFrame:
@@ -204,7 +202,7 @@ def check_api(frame: pd.DataFrame, beta: float, rule: Rule, seeds: Sequence[int]
 
 
 class Cached:
-    """A scorer that copies cached values (for :func:`check_api`)."""
+    """A scorer that copies cached values (for :func:`check_api` and ``bench/trial_replay.py``)."""
 
     beta = 1.0
 
@@ -213,12 +211,8 @@ class Cached:
 
 
 def markdown(rows: list[dict]) -> str:
-    """A markdown table (no tabulate dependency)."""
-    table = pd.DataFrame(rows).drop(columns=["truth", "generators"], errors="ignore")
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+    """The replays' rows as a markdown table (without the exhaustive order and the generator count)."""
+    return records_table([{k: v for k, v in row.items() if k not in ("truth", "generators")} for row in rows])
 
 
 def run_replays(args: argparse.Namespace) -> None:
@@ -314,17 +308,14 @@ What the replays show (read with the tables below; all numbers are reproducible:
 
 
 def report(args: argparse.Namespace) -> None:
-    import torch
-
     parts = sorted(cache_dir().glob("replay-*.md"), key=lambda p: ("reward-only" in p.name, p.name))
     if not parts:
         raise SystemExit("no replay results yet: run `python bench/adaptive_replay.py replay` first")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    info = machine() | versions("torch")
     header = [
         "# Adaptive ranking: replays of the early-stopping rule", "",
-        (f"Written by `bench/adaptive_replay.py` on {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} CPU cores "
-        f"({cpu}), no GPU, Python {platform.python_version()}, torch {torch.__version__}."), "",
+        (f"Written by `bench/adaptive_replay.py` on {time.strftime('%Y-%m-%d')}; machine: {info['cores']} CPU cores "
+        f"({info['cpu']}), no GPU, Python {info['python']}, torch {info['torch']}."), "",
         ("Per-example values were computed once (SmolLM2-135M-Instruct, loaded offline from its PyPI GGUF package; "
         "responses cut at 512 tokens to keep the CPU scoring affordable, flagged in base_loss_truncated) and cached "
         "under ~/.cache/car_hf/bench/. Each replay shuffles the instructions with its seed and replays "
@@ -343,7 +334,7 @@ def report(args: argparse.Namespace) -> None:
         SUMMARY, "",
         "## Details", "",
     ]
-    (ROOT / "bench" / "ADAPTIVE.md").write_text("\n".join(header + [p.read_text() for p in parts]))
+    write_report(ROOT / "bench" / "ADAPTIVE.md", "\n".join(header + [p.read_text() for p in parts]), announce=False)
     print(f"wrote {ROOT / 'bench' / 'ADAPTIVE.md'} from {len(parts)} part(s)")
 
 

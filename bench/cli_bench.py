@@ -17,7 +17,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, command_line, machine, markdown_table, today, write_report
+
 HEAVY = ("torch", "transformers", "datasets", "trl")
-sys.path.insert(0, str(ROOT))
 
 
 def commands() -> list[str]:
@@ -88,27 +87,26 @@ def report(passes: list[float], times: dict[str, dict[str, list[float]]], revisi
     base = statistics.median(passes)
     cells = ([f"before ({revision})", "before / now"] if revision else []) + ["now", "now / `python -c pass`",
                                                                                "heavy imports"]
-    lines = [
-        "# `car-hf --help` wall time",
-        "",
-        f"Measured {time.strftime('%Y-%m-%d')} by `python bench/cli_bench.py {' '.join(argv)}` on "
-        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()} (a machine shared with "
-        f"other processes: medians of {repeats} interleaved rounds; the ratio to `python -c pass` is the "
-        "figure that travels).",
-        "",
-        f"`python -c pass`: {base:.2f} s (median).",
-        "",
-        "| command | " + " | ".join(cells) + " |",
-        "|---|" + "---|" * len(cells),
-    ]
+    rows = []
     for name, runs in times.items():
         now = statistics.median(runs["current"])
         row = [f"`car-hf {name} --help`".replace("  ", " ")]
         if revision:
             before = statistics.median(runs["baseline"])
             row += [f"{before:.2f} s", f"{before / now:.0f}×"]
-        row += [f"{now:.2f} s", f"{now / base:.1f}×", ", ".join(heavy_imports(name)) or "none"]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row + [f"{now:.2f} s", f"{now / base:.1f}×", ", ".join(heavy_imports(name)) or "none"])
+    info = machine()
+    lines = [
+        "# `car-hf --help` wall time",
+        "",
+        f"Measured {today()} by `{command_line('cli_bench.py', argv)}` on {info['arch']}, {info['cores']} cores, "
+        f"Python {info['python']} (a machine shared with other processes: medians of {repeats} interleaved rounds; "
+        "the ratio to `python -c pass` is the figure that travels).",
+        "",
+        f"`python -c pass`: {base:.2f} s (median).",
+        "",
+        markdown_table(["command", *cells], rows),
+    ]
     lines += [
         "",
         "Each run is `python -m car_hf.cli <command> --help` in a fresh interpreter (what the `car-hf` script runs); "
@@ -125,7 +123,7 @@ def report(passes: list[float], times: dict[str, dict[str, list[float]]], revisi
         "- `car-hf pilot --help` lists the pilot's own options (the pool, the held-out set, the scorers, the "
         "generation) and names TRL's; `car-hf pilot --help-all` builds the full `TrlParser` (SFTConfig and "
         "ModelConfig, seconds: it imports torch). Its extra tenths of a second are pandas, imported by "
-        "`car_hf.evaluation` (where `EvaluationArguments` lives).",
+        "`car_hf.evaluation.student` (where `EvaluationArguments` lives).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -143,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = extract(revision, Path(folder)) if revision else None
         passes, times = measure(repeats, baseline)
     text = report(passes, times, revision, repeats, given)
-    args.output.write_text(text)
+    write_report(args.output, text, announce=False)
     print(text)
     return 0
 

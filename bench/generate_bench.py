@@ -7,7 +7,7 @@ teacher's chat template), same greedy decoding and stop tokens, in the same proc
 * ``car_hf``: ``add_responses((model, tokenizer), max_new_tokens=...).generate(prompts)``: length-sorted
   token-budget batches, left padding, one ``generate`` per batch.
 
-The two run interleaved round by round (order alternated), after a warm-up of both; the ratio is the median of
+The two run interleaved round by round (order rotated), after a warm-up of both; the ratio is the median of
 the per-round paired ratios, and the other processes' share of the CPU during each timed section is reported (the
 machine may be shared). Outputs are compared token for token: a row differs when its generated ids differ.
 Rendering is inside both timings.
@@ -21,41 +21,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
+from common import MODELS, load_real, machine, paired_ratios, quiet_stack, rotate, spread, timed, zoo_instructions
 
-from score_bench import _cpu_ticks, _self_ticks, machine, other_load  # noqa: E402  (shared load and machine readers)
-
-MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def instructions(n: int) -> list[str]:
-    import tiny
-
-    path = tiny.shared_data_dir() / "alpaca_eval_zoo" / "zoo.jsonl.gz"
-    if not path.is_file():
-        raise SystemExit(f"generate_bench: no AlpacaEval zoo at {path} (set CAR_HF_SHARED_DATA)")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        distinct = dict.fromkeys(json.loads(line)["instruction"] for line in f if line.strip())
-    return list(distinct)[:n]
-
-
-def timed(fn):
-    """``(result, seconds, other processes' CPU share)`` of ``fn()``."""
-    ticks, own, start = _cpu_ticks(), _self_ticks(), time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - start
-    return result, seconds, other_load(ticks, _cpu_ticks(), _self_ticks() - own)
+MODEL = MODELS["smollm2"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,15 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     max_new = args.max_new_tokens or (32 if args.quick else 128)
     repeats = args.repeats or (1 if args.quick else 3)
 
-    import torch
+    torch = quiet_stack(args.threads)
     from transformers import GenerationConfig
 
-    from car_hf.generate import add_responses
-    from car_hf.models import load_model
+    from car_hf import add_responses
 
-    torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(MODEL, device="cpu", dtype="float32")
-    prompts = instructions(n)
+    model, tokenizer = load_real(MODEL)
+    prompts = zoo_instructions(n, "generate_bench")
     budgets = [int(b) for b in args.batch_tokens.split(",")]
     generators = {b: add_responses((model, tokenizer), max_new_tokens=max_new, generation_batch_tokens=b)
                   for b in budgets}
@@ -113,13 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         generators[budget].generate(prompts[:2])
     rounds: list[dict] = []
     for r in range(repeats):
-        order = ["loop", *budgets] if r % 2 == 0 else [*budgets, "loop"]
         row: dict = {}
-        for name in order:
-            outputs, seconds, load = timed(loop if name == "loop" else car(name))
-            row[name] = {"seconds": seconds, "other_load": load, "outputs": outputs}
-            print(f"round {r}: {name if name == 'loop' else f'car_hf@{name}'}: {seconds:.1f} s "
-                  f"(other load {load:.0%})", flush=True)
+        for name in rotate(["loop", *budgets], r):
+            timing = timed(loop if name == "loop" else car(name))
+            row[name] = {"seconds": timing.seconds, "other_load": timing.other_load, "outputs": timing.result}
+            print(f"round {r}: {name if name == 'loop' else f'car_hf@{name}'}: {timing.seconds:.1f} s "
+                  f"(other load {timing.other_load:.0%})", flush=True)
         rounds.append(row)
 
     reference = [trim(ids) for ids in rounds[0]["loop"]["outputs"]]
@@ -133,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
           "rows cut at max_new_tokens)")
     for budget in budgets:
         car_s = statistics.median(r[budget]["seconds"] for r in rounds)
-        ratios = [r["loop"]["seconds"] / r[budget]["seconds"] for r in rounds]
+        seconds = [{name: run["seconds"] for name, run in r.items()} for r in rounds]
+        middle, lo, hi = spread(paired_ratios(seconds, "loop", budget))
         same = sum(all(r[budget]["outputs"][i] == ids for r in rounds) for i, ids in enumerate(reference))
-        summary["car_hf"][budget] = {"seconds": car_s, "speedup": statistics.median(ratios),
-                                     "speedup_range": [min(ratios), max(ratios)], "identical_rows": same,
-                                     "other_load": max(r[budget]["other_load"] for r in rounds)}
-        print(f"car_hf@{budget}: {car_s:.1f} s, {tokens / car_s:.1f} tokens/s, {statistics.median(ratios):.2f}x the "
-              f"loop ({min(ratios):.2f}-{max(ratios):.2f}); identical outputs in every round: {same} of {n} rows")
+        summary["car_hf"][budget] = {"seconds": car_s, "speedup": middle, "speedup_range": [lo, hi],
+                                     "identical_rows": same, "other_load": max(r[budget]["other_load"] for r in rounds)}
+        print(f"car_hf@{budget}: {car_s:.1f} s, {tokens / car_s:.1f} tokens/s, {middle:.2f}x the "
+              f"loop ({lo:.2f}-{hi:.2f}); identical outputs in every round: {same} of {n} rows")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0

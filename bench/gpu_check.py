@@ -4,7 +4,7 @@ Students are built from Qwen2.5-0.5B-, 1.5B- and 3B-shaped ``Qwen2Config`` s wit
 depend on the weights; no download: the GPU machines have no network) and score random token sequences of 512 and
 2048 tokens (the last 3/4 of each is the response). Reported, per student and length, in one process:
 
-* response tokens/s of ``car_hf.loss.response_nll`` (the engine behind ``add_base_loss``: at its defaults, and at a
+* response tokens/s of ``car_hf.scoring.loss.response_nll`` (the engine behind ``add_base_loss``: at its defaults, and at a
   larger micro-batch and logits budget), of a per-example loop (full logits, the model's own loss over labels with
   the prompt masked) and of padded batches of 8 (full logits, masked cross-entropy), with each approach's largest
   per-example difference from the per-example loop;
@@ -29,22 +29,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
-import math
-import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
+from common import Timing, cell, command_line, log, markdown_table, quiet_stack, timed, today, versions, write_report
 
-from car_hf.config import CARConfig  # noqa: E402
-from score_bench import _non_embedding_params  # noqa: E402  (the FLOP count's parameter rule)
+from baselines import forward_flops, matmul_rate, padded_batch_losses, per_example_losses
+
+from car_hf import CARConfig
 
 # Qwen2.5's published configs (Qwen/Qwen2.5-{0.5B,1.5B,3B}/config.json): GQA with 2 KV heads, tied embeddings.
 QWEN25_COMMON = dict(vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1e6,
@@ -71,99 +66,45 @@ CAR_SETTINGS = {f"car_hf (defaults: {DEFAULTS[0]} tokens, {DEFAULTS[1]} MB logit
                 "car_hf (32768 tokens, 1024 MB logits)": (32768, 1024)}
 
 
-def sync(torch, device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(torch, device, fn):
-    """``(result, seconds, peak GiB or None)`` of ``fn()``, the device drained before and after."""
-    sync(torch, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    result = fn()
-    sync(torch, device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return result, seconds, peak
-
-
-def matmul_rate(torch, device, n: int) -> float:
+def matmul_tflops(torch, device, n: int) -> float:
     """Median dense bf16 matmul rate (TFLOP/s) of n^3 products on ``device``, after a warm-up."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        _, seconds, _ = timed(torch, device, lambda: a @ b)
-        times.append(seconds)
-    return 2 * n**3 / statistics.median(times) / 1e12
+    return matmul_rate(torch, n, torch.bfloat16, device, repeats=10, warmup=3)[0] / 1e12
 
 
-def build_student(torch, shape: dict, dtype, device):
+def build_student(torch, shape: dict, dtype, device, row: dict) -> tuple[Any, dict | None]:
+    """``(the student, None)``, random weights seeded with 0; or ``(None, row)`` saying why it could not be built."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(**(QWEN25_COMMON | shape), bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config).to(dtype)
-    return model.eval()
+    try:
+        with torch.device(device):
+            return Qwen2ForCausalLM(config).to(dtype).eval(), None
+    except Exception as error:  # reported as a row
+        free(torch, device)
+        return None, failure(row | {"approach": "building the student"}, error)
 
 
 def sequences(torch, vocab: int, length: int, count: int, seed: int):
-    from car_hf.formats import Rendered
+    from car_hf.core.formats import Rendered
 
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (count, length), generator=generator).tolist()
     return [Rendered(row, length // 4, False) for row in ids]
 
 
-def flops(model, seqs) -> float:
-    text = model.config
-    dense = 2 * _non_embedding_params(model) * sum(len(s.ids) for s in seqs)
-    attention = 2 * text.num_hidden_layers * text.hidden_size * sum(len(s.ids) ** 2 for s in seqs)
-    head = 2 * text.hidden_size * text.vocab_size * sum(len(s.ids) - max(s.start, 1) for s in seqs)
-    return float(dense + attention + head)
-
-
 def per_example(torch, model, seqs) -> list[float]:
     """Mean NLL of each response: the model's own loss over labels, prompt masked, full logits."""
-    device, out = model.device, []
-    with torch.inference_mode():
-        for s in seqs:
-            ids = torch.tensor([s.ids], device=device)
-            labels = ids.clone()
-            labels[:, : s.start] = -100
-            out.append(float(model(input_ids=ids, labels=labels).loss))
-    return out
+    return per_example_losses(torch, model, seqs)[0]
 
 
-def padded_batches(torch, model, seqs, pad_id: int = 0) -> list[float]:
+def padded_batches(torch, model, seqs) -> list[float]:
     """Mean NLL of each response in dataset-order padded batches of 8: full logits, masked cross-entropy."""
-    device, out = model.device, []
-    with torch.inference_mode():
-        for k in range(0, len(seqs), B_BATCH):
-            batch = seqs[k : k + B_BATCH]
-            width = max(len(s.ids) for s in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention, response = torch.zeros_like(ids), torch.zeros_like(ids)
-            for row, s in enumerate(batch):
-                ids[row, : len(s.ids)] = torch.tensor(s.ids)
-                attention[row, : len(s.ids)] = 1
-                response[row, s.start : len(s.ids)] = 1
-            ids, attention, response = ids.to(device), attention.to(device), response.to(device)
-            logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            mask = response[:, 1:]
-            out += ((nll * mask).sum(1) / mask.sum(1)).tolist()
-            del logits, nll
-    return out
+    return [total / n for total, n in zip(*padded_batch_losses(torch, model, seqs, pad_id=0, batch=B_BATCH))]
 
 
 def car_hf(model, seqs, batch_tokens: int, logits_mb: int) -> list[float]:
-    from car_hf.loss import response_nll
+    from car_hf.scoring.loss import response_nll
 
     sums, _, counts = response_nll(model, seqs, pad_id=0, batch_tokens=batch_tokens, logits_mb=logits_mb)
     return [s / c for s, c in zip(sums, counts)]
@@ -173,7 +114,7 @@ def host_syncs(torch, model, seqs) -> tuple[int | None, int]:
     """``(host syncs torch reports in one car_hf call on seqs, its micro-batches)``; syncs are None on a CPU."""
     import warnings
 
-    from car_hf.batching import model_batches
+    from car_hf.core.batching import model_batches
 
     batches = sum(1 for _ in model_batches([s.ids for s in seqs], 0, model.device, batch_tokens=DEFAULTS[0]))
     if model.device.type != "cuda":
@@ -206,35 +147,40 @@ def failure(row: dict, error: Exception) -> dict:
     return row | {"error": f"out of memory: {first}" if oom else f"{type(error).__name__}: {first}", "crashed": not oom}
 
 
-def score_student(torch, name: str, shape: dict, plan: dict, device, dtype, rate: float, log) -> dict:
+def attempt(torch, row: dict, run, inputs: list, device) -> tuple[dict, Timing | None]:
+    """``run`` warmed up on 2 of ``inputs`` (kernels chosen, caches allocated, the head checked), then timed on all;
+    a measurement that fails is the row's error (:func:`failure`) and the others still run."""
+    try:
+        run(inputs[:2])
+        return row, timed(lambda: run(inputs), device)
+    except Exception as error:  # reported as a row
+        free(torch, device)
+        return failure(row, error), None
+
+
+def score_student(torch, name: str, shape: dict, plan: dict, device, dtype, rate: float) -> dict:
     """Speed and precision rows of one student at each length."""
     speed: list[dict] = []
     precision: list[dict] = []
-    try:
-        model = build_student(torch, shape, dtype, device)
-    except Exception as error:  # reported as a row
-        free(torch, device)
-        return {"speed": [failure({"model": name, "length": "all", "approach": "building the student"}, error)],
-                "precision": []}
+    model, failed = build_student(torch, shape, dtype, device, {"model": name, "length": "all"})
+    if failed:
+        return {"speed": [failed], "precision": []}
     runs = {LOOP: lambda s: per_example(torch, model, s),
             f"padded batches of {B_BATCH} (full logits)": lambda s: padded_batches(torch, model, s)}
     runs |= {label: (lambda s, b=b, m=m: car_hf(model, s, b, m)) for label, (b, m) in CAR_SETTINGS.items()}
     for length in plan["lengths"]:
         seqs = sequences(torch, model.config.vocab_size, length, max(2, plan["tokens"] // length), seed=length)
-        work, scored = flops(model, seqs), sum(len(s.ids) - s.start for s in seqs)
+        work, scored = forward_flops(model, seqs, attention=True), sum(len(s.ids) - s.start for s in seqs)
         rows = []
         for label, run in runs.items():
-            row = {"model": name, "length": length, "approach": label, "sequences": len(seqs)}
-            try:
-                run(seqs[:2])  # warm-up: kernels chosen, caches allocated, the head checked
-                values, seconds, peak = timed(torch, device, lambda: run(seqs))
-            except Exception as error:  # reported as a row
-                free(torch, device)
-                rows.append(failure(row, error))
-                continue
-            rows.append(row | {"values": values, "seconds": seconds, "tokens_per_s": scored / seconds,
-                               "peak_pct": 100 * work / seconds / (rate * 1e12), "peak_gib": peak})
-            log(f"{name} @ {length}: {label}: {seconds:.2f} s, {scored / seconds:,.0f} response tokens/s")
+            row, timing = attempt(torch, {"model": name, "length": length, "approach": label, "sequences": len(seqs)},
+                                  run, seqs, device)
+            if timing is not None:
+                seconds = timing.seconds
+                row |= {"values": timing.result, "seconds": seconds, "tokens_per_s": scored / seconds,
+                        "peak_pct": 100 * work / seconds / (rate * 1e12), "peak_gib": timing.peak_gib}
+                log(f"{name} @ {length}: {label}: {seconds:.2f} s, {scored / seconds:,.0f} response tokens/s")
+            rows.append(row)
         loop = next((r for r in rows if r["approach"] == LOOP and "values" in r), None)
         for row in rows:
             if loop is not None and "values" in row:
@@ -280,20 +226,18 @@ def check_precision(torch, model, seqs, name: str, length: int) -> dict:
     return row
 
 
-def generation(torch, name: str, shape: dict, plan: dict, device, dtype, log) -> list[dict]:
+def generation(torch, name: str, shape: dict, plan: dict, device, dtype) -> list[dict]:
     """car_hf's transformers engine vs a per-example ``generate`` loop, greedy, on the same chat prompts."""
     import tiny
 
-    from car_hf.engines.base import prompt_ids
-    from car_hf.engines.transformers_engine import TransformersEngine
-    from car_hf.teacher import TeacherConfig
+    from car_hf.generation.engines.base import prompt_ids
+    from car_hf.generation.engines.transformers_engine import TransformersEngine
+    from car_hf.generation.teacher import TeacherConfig
 
     tokenizer = tiny.build_tokenizer()
-    try:
-        model = build_student(torch, shape, dtype, device)
-    except Exception as error:  # reported as a row
-        free(torch, device)
-        return [failure({"model": name, "approach": "building the student"}, error)]
+    model, failed = build_student(torch, shape, dtype, device, {"model": name})
+    if failed:
+        return [failed]
     prompts = [[{"role": "user", "content": row["instruction"]}]
                for row in tiny.sample_rows(n_instructions=plan["prompts"], generators=1)]
     engine = TransformersEngine(model, tokenizer, TeacherConfig(teacher=name, max_new_tokens=plan["new_tokens"]), name)
@@ -315,17 +259,14 @@ def generation(torch, name: str, shape: dict, plan: dict, device, dtype, log) ->
     for label, run, chats in (("per-example generate loop", loop, prompts[: plan["loop_prompts"]]),
                               ("car_hf transformers engine", batched, prompts)):
         row = {"model": name, "approach": label, "prompts": len(chats), "new_tokens": plan["new_tokens"]}
-        try:
-            with torch.inference_mode():
-                run(chats[:2])  # warm-up
-                counts, seconds, peak = timed(torch, device, lambda: run(chats))
-        except Exception as error:  # reported as a row
-            free(torch, device)
-            out.append(failure(row, error))
-            continue
-        out.append(row | {"generated": sum(counts), "seconds": seconds, "tokens_per_s": sum(counts) / seconds,
-                          "peak_gib": peak})
-        log(f"generation: {label}: {sum(counts)} tokens in {seconds:.2f} s")
+        with torch.inference_mode():
+            row, timing = attempt(torch, row, run, chats, device)
+        if timing is not None:
+            generated, seconds = sum(timing.result), timing.seconds
+            row |= {"generated": generated, "seconds": seconds, "tokens_per_s": generated / seconds,
+                    "peak_gib": timing.peak_gib}
+            log(f"generation: {label}: {generated} tokens in {seconds:.2f} s")
+        out.append(row)
     if all("tokens_per_s" in r for r in out):
         out[1]["speedup"] = out[1]["tokens_per_s"] / out[0]["tokens_per_s"]
     del model
@@ -333,55 +274,49 @@ def generation(torch, name: str, shape: dict, plan: dict, device, dtype, log) ->
     return out
 
 
-def _cell(value, spec: str = "{:.2f}") -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else spec.format(value)
+def _table(header: list[str], records: list[dict], cells, failed_cells) -> str:
+    """:func:`markdown_table` of ``records``: ``cells(r)``, or for a measurement that failed ``failed_cells(r)`` then
+    its error, the rest of the row left empty."""
+    rows = [failed_cells(r) + [r["error"]] if "error" in r else cells(r) for r in records]
+    return markdown_table(header, [row + [""] * (len(header) - len(row)) for row in rows])
 
 
 def markdown(info: dict, speed: list[dict], precision: list[dict], generated: list[dict]) -> str:
     """The report: the machine, then the scoring, precision and generation tables."""
+    scoring = _table(
+        ["student", "tokens", "approach", "sequences", "response tokens/s", "vs per-example", "% of bf16 peak",
+         "peak memory (GiB)", "max diff vs per-example (nats/token)"], speed,
+        lambda r: [r["model"], r["length"], r["approach"], r["sequences"], f"{r['tokens_per_s']:,.0f}",
+                   cell(r.get("speedup"), "{:.2f}x"), f"{r['peak_pct']:.1f}", cell(r["peak_gib"]),
+                   cell(r.get("max_diff"), "{:.1e}")],
+        lambda r: [r["model"], r["length"], r["approach"], r.get("sequences", "–")])
+    checks = _table(
+        ["student", "tokens", "sequences", "mean loss (fp32)", "fp32 vs full logits", "bf16 vs fp32", "bf16 bound",
+         "ok", "host syncs / micro-batches"], precision,
+        lambda r: [r["model"], r["length"], r["sequences"], f"{r['loss']:.4f}", f"{r['fp32_diff']:.1e}",
+                   f"{r['bf16_diff']:.1e}", f"{r['bound']:.1e}", "yes" if r["ok"] else "**no**",
+                   f"{cell(r['syncs'], '{}')} / {r['batches']}"],
+        lambda r: [r["model"], r["length"], r["sequences"]])
+    generation_table = _table(
+        ["student", "approach", "prompts", "max new tokens", "generated tokens", "tokens/s", "vs loop",
+         "peak memory (GiB)"], generated,
+        lambda r: [r["model"], r["approach"], r["prompts"], r["new_tokens"], r["generated"],
+                   f"{r['tokens_per_s']:,.1f}", cell(r.get("speedup"), "{:.2f}x"), cell(r["peak_gib"])],
+        lambda r: [r["model"], r["approach"], r.get("prompts", "–")])
     lines = [f"# GPU check: car_hf on {info['device_name']}", "",
              f"Measured {info['date']} by `{info['command']}` in {info['elapsed']:.0f} s: torch {info['torch']}, "
              f"transformers {info['transformers']}, Python {info['python']}. Students: random weights in "
              f"{info['dtype']} with the published Qwen2.5 shapes (vocabulary 151,936) or, in a dry run, a tiny "
              f"Qwen2; random token sequences, the last 3/4 of each scored. Dense bf16 matmul rate measured here: "
              f"**{info['rate']:.1f} TFLOP/s** ({info['matmul']}^3).", "",
-             "## Scoring (response tokens/s)", "",
-             "| student | tokens | approach | sequences | response tokens/s | vs per-example | % of bf16 peak | "
-             "peak memory (GiB) | max diff vs per-example (nats/token) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in speed:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['length']} | {r['approach']} | {r.get('sequences', '–')} | "
-                         f"{r['error']} | | | | |")
-            continue
-        lines.append(f"| {r['model']} | {r['length']} | {r['approach']} | {r['sequences']} | "
-                     f"{r['tokens_per_s']:,.0f} | {_cell(r.get('speedup'), '{:.2f}x')} | {r['peak_pct']:.1f} | "
-                     f"{_cell(r['peak_gib'])} | {_cell(r.get('max_diff'), '{:.1e}')} |")
-    lines += ["", "## Precision (car_hf, per-example mean loss)", "",
-              f"float32 vs the full-logits float32 loss: tolerance {FP32_TOLERANCE:g} nats/token. bfloat16 vs "
-              "float32 on the same weights: each sequence within 2 x 2^-8 x its mean per-token max |logit| "
-              "(the first-order effect of rounding the logits to bf16; the smallest bound is shown).", "",
-              "The last column: host syncs torch reports (`torch.cuda.set_sync_debug_mode`) in one car_hf call on all "
-              "of the length's sequences, and its micro-batches (the result's transfer back is one sync).", "",
-              "| student | tokens | sequences | mean loss (fp32) | fp32 vs full logits | bf16 vs fp32 | bf16 bound | ok | "
-              "host syncs / micro-batches |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in precision:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['length']} | {r['sequences']} | {r['error']} | | | | | |")
-            continue
-        lines.append(f"| {r['model']} | {r['length']} | {r['sequences']} | {r['loss']:.4f} | {r['fp32_diff']:.1e} | "
-                     f"{r['bf16_diff']:.1e} | {r['bound']:.1e} | {'yes' if r['ok'] else '**no**'} | "
-                     f"{_cell(r['syncs'], '{}')} / {r['batches']} |")
-    lines += ["", "## Generation (greedy, generated tokens/s)", "",
-              "| student | approach | prompts | max new tokens | generated tokens | tokens/s | vs loop | peak memory (GiB) |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in generated:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['approach']} | {r.get('prompts', '–')} | {r['error']} | | | | |")
-            continue
-        lines.append(f"| {r['model']} | {r['approach']} | {r['prompts']} | {r['new_tokens']} | {r['generated']} | "
-                     f"{r['tokens_per_s']:,.1f} | {_cell(r.get('speedup'), '{:.2f}x')} | {_cell(r['peak_gib'])} |")
+             "## Scoring (response tokens/s)", "", scoring,
+             "", "## Precision (car_hf, per-example mean loss)", "",
+             f"float32 vs the full-logits float32 loss: tolerance {FP32_TOLERANCE:g} nats/token. bfloat16 vs "
+             "float32 on the same weights: each sequence within 2 x 2^-8 x its mean per-token max |logit| "
+             "(the first-order effect of rounding the logits to bf16; the smallest bound is shown).", "",
+             "The last column: host syncs torch reports (`torch.cuda.set_sync_debug_mode`) in one car_hf call on all "
+             "of the length's sequences, and its micro-batches (the result's transfer back is one sync).", "", checks,
+             "", "## Generation (greedy, generated tokens/s)", "", generation_table]
     return "\n".join(lines) + "\n"
 
 
@@ -393,10 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
-    import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
+    torch = quiet_stack()
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32: the exactness check depends on it
     if args.dry_run:
         device, dtype, plan, students = torch.device("cpu"), torch.float32, DRY, DRY_STUDENT
@@ -408,25 +340,23 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"gpu_check: unknown students {unknown}; choose from {list(STUDENTS)}")
         students = {name: STUDENTS[name] for name in args.students.split(",")}
-    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    rate = matmul_rate(torch, device, plan["matmul"])
+    rate = matmul_tflops(torch, device, plan["matmul"])
     log(f"dense bf16 matmul: {rate:.1f} TFLOP/s")
     speed, precision = [], []
     for name, shape in students.items():
-        result = score_student(torch, name, shape, plan, device, dtype, rate, log)
+        result = score_student(torch, name, shape, plan, device, dtype, rate)
         speed += result["speed"]
         precision += result["precision"]
     smallest = next(iter(students))
-    generated = generation(torch, smallest, students[smallest], plan, device, dtype, log)
+    generated = generation(torch, smallest, students[smallest], plan, device, dtype)
     info = {"device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
-            "date": datetime.date.today().isoformat(), "command": " ".join(["python bench/gpu_check.py", *(argv or sys.argv[1:])]),
-            "elapsed": time.perf_counter() - started, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
+            "date": today(), "command": command_line("gpu_check.py", argv or None),
+            "elapsed": time.perf_counter() - started, **versions("torch", "transformers"),
             "dtype": str(dtype).removeprefix("torch."), "rate": rate, "matmul": plan["matmul"]}
     report = markdown(info, speed, precision, generated)
     sys.stdout.write(report)
     if args.output:
-        Path(args.output).write_text(report, encoding="utf-8")
+        write_report(args.output, report, announce=False)
     failed = any(r.get("crashed") for r in speed + precision + generated) or \
         not all(r.get("ok", True) for r in precision)
     if failed:

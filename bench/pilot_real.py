@@ -1,6 +1,6 @@
 """A real pilot on this CPU: does CAR's ranking of teachers predict which one tunes SmolLM2-135M-Instruct best?
 
-Student: HuggingFaceTB/SmolLM2-135M-Instruct. Instructions: ``car_hf.tasks.make_tasks`` (five checkable kinds); the
+Student: HuggingFaceTB/SmolLM2-135M-Instruct. Instructions: ``car_hf.generation.tasks.make_tasks`` (five checkable kinds); the
 first ``--train`` are the training instructions every teacher answers, the next ``--heldout`` the held-out set.
 Teachers that differ in correctness and style:
 
@@ -10,7 +10,7 @@ Teachers that differ in correctness and style:
   explanation before "The answer is X."), ``script-terse-40wrong`` (the answer only, 40% of them wrong),
   ``script-terse-allwrong`` (the answer only, every one wrong: a near miss).
 
-The pool is scored like any pool (``add_car``: correctness through ``car_hf.tasks.AnswerReward``, loss under the
+The pool is scored like any pool (``add_car``: correctness through ``car_hf.generation.tasks.AnswerReward``, loss under the
 student), then ``car_hf.run_pilot`` LoRA-tunes the student on each teacher's answers for each seed, evaluates every
 student on the held-out set (exact match after ``extract_answer``) and reports predicted vs. realized. Writes
 ``docs/PILOT_REAL.md`` and ``docs/pilot_real.png`` with ``--write``. Resumable: the pool, the students and the
@@ -24,31 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import MODELS, ROOT, where_and_when, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import datasets
+import yaml
 
-import datasets  # noqa: E402
-import yaml  # noqa: E402
+from car_hf import TeacherConfig, add_car, add_responses
+from car_hf.evaluation.student import EvaluationArguments
+from car_hf.evaluation.pilot import run_pilot
+from car_hf.generation.tasks import AnswerReward, make_tasks
 
-from car_hf import add_car, add_responses  # noqa: E402
-from car_hf.evaluation import EvaluationArguments  # noqa: E402
-from car_hf.pilot import run_pilot  # noqa: E402
-from car_hf.tasks import AnswerReward, make_tasks  # noqa: E402
-from car_hf.teacher import TeacherConfig  # noqa: E402
-
-STUDENT = "HuggingFaceTB/SmolLM2-135M-Instruct"
+STUDENT = MODELS["smollm2"]
 TEACHERS = ROOT / "bench" / "trial_teachers.yaml"
 GENERATED = ("smollm2-plain", "smollm2-terse", "smollm2-steps")
 COLUMNS = ["instruction", "response", "generator", "answer", "task"]
@@ -141,14 +132,14 @@ def main(argv=None) -> None:
     lines = [
         "# A real pilot on this CPU: predicted vs. realized for SmolLM2-135M-Instruct",
         "",
-        f"`OMP_NUM_THREADS=1 python bench/pilot_real.py --write` on {platform.machine()} ({os.cpu_count()} cores, "
-        f"no GPU), {time.strftime('%Y-%m-%d')}: **{compute / 60:.1f} min** of generating and scoring the pool "
+        f"`OMP_NUM_THREADS=1 python bench/pilot_real.py --write` on {where_and_when()}: "
+        f"**{compute / 60:.1f} min** of generating and scoring the pool "
         f"({pool_seconds / 60:.1f} min), training and evaluating the "
         f"{len(report.teachers) * len(args.seeds)} students and the untuned one, on one torch "
         f"thread while other jobs shared the two cores (this run: {seconds / 60:.1f} min wall, reusing what was "
         "cached). Student "
         f"`{STUDENT}`; {args.train} training instructions per teacher and {args.heldout} held-out items "
-        "(`car_hf.tasks.make_tasks(seed=0)`: arithmetic, letter counting, sorting, largest number, next in sequence; "
+        "(`car_hf.generation.tasks.make_tasks(seed=0)`: arithmetic, letter counting, sorting, largest number, next in sequence; "
         "the held-out items are the next ones, disjoint from training); reward and realized measure = exact match "
         f"of the extracted final answer; greedy, at most {args.max_new_tokens} new tokens; LoRA r=16 on all linear "
         f"layers, {args.epochs:g} epoch(s), learning rate {args.learning_rate:g}, batch 8; seeds {args.seeds}.",
@@ -165,7 +156,7 @@ def main(argv=None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        OUT.write_text(text)
+        write_report(OUT, text, announce=False)
         shutil.copy(out / "pilot.png", PICTURE)
         print(f"wrote {OUT} and {PICTURE}")
 

@@ -1,15 +1,16 @@
 """What computing ``base_rank`` (RSR) in the loss pass costs: car_hf ``add_base_loss`` with it vs without.
 
-"Without" is the engine before ranks were added: :func:`car_hf.loss._head_scores` is replaced, in that worker only,
-by the NLL-only tile loop it grew from (below, :func:`_nll_only`), so both variants run the same backbone, batching
-and head GEMMs on the same rows, and differ only by the per-tile count of logits above the target's.
+"Without" is the engine before ranks were added: :func:`car_hf.scoring.loss._head_scores` is replaced, in that
+worker only, by the NLL-only tile loop it grew from (below, :func:`_nll_only`), so both variants run the same
+backbone, batching and head GEMMs on the same rows, and differ only by the per-tile count of logits above the
+target's.
 
-How it measures (2 CPU cores shared with other work): the rows and the worker's clock/load readings are
-``bench/score_bench.py``'s (real AlpacaEval-zoo rows rendered by ``car_hf.formats``, 512-token cap). Every
-measurement is a fresh subprocess (load Gemma-3-270m fp32, warm up on 2 short rows, time ``Dataset.map`` on all
-rows); the two variants alternate within each round, the order flipped every round; the ratio is computed per round
-(with / without), by wall clock and by the worker's own CPU time (less sensitive to other processes), and the
-medians reported. Losses of the two variants must agree exactly (same code path).
+How it measures (2 CPU cores shared with other work): the rows, the fresh worker processes and the clock/load
+readings are ``bench/score_bench.py``'s (``bench/common.py``: real AlpacaEval-zoo rows rendered by
+``car_hf.core.formats``, 512-token cap). Every measurement is a fresh subprocess (load Gemma-3-270m fp32, warm up on
+2 short rows, time ``Dataset.map`` on all rows); the two variants alternate within each round, the order flipped
+every round; the ratio is computed per round (with / without), by wall clock and by the worker's own CPU time (less
+sensitive to other processes), and the medians reported. Losses of the two variants must agree exactly (same code path).
 
 ``--paired`` runs one process in which every LM-head chunk is computed by both loops in ABBA order:
 paired per-chunk ratios, unaffected by load that varies over seconds; the scoring-time ratio is then
@@ -26,19 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import score_bench  # noqa: E402  (the rows, the clocks and the load reading, shared with the scoring bench)
+from common import MODELS, load_real, parse_or_work, quiet_stack, rotate, run_worker, timed, warm_rows, zoo_rows
+from score_report import GENERATORS
 
-MODEL = "google/gemma-3-270m"
+MODEL = MODELS["gemma"]
 VARIANTS = ("without", "with")
 
 
@@ -47,7 +42,7 @@ def _paired(times: list[tuple[float, float]]):
     during the chunk), records (with, without) seconds, checks the losses are identical, returns the real result."""
     import torch
 
-    from car_hf import loss
+    from car_hf.scoring import loss
 
     real = loss._head_scores
 
@@ -69,7 +64,7 @@ def _nll_only(model, hidden, targets, block, buffer=None):
     """The head loop before ranks (car_hf 0.x ``_head_nll``): online log-sum-exp only; ranks returned as zeros."""
     import torch
 
-    from car_hf import loss
+    from car_hf.scoring import loss
 
     rows = hidden.shape[0]
     peak = torch.full((rows,), -math.inf, dtype=torch.float32)
@@ -87,52 +82,37 @@ def _nll_only(model, hidden, targets, block, buffer=None):
     return peak.double() + total.log() - target_logit.double(), torch.zeros(rows, dtype=torch.int64)
 
 
-def run_worker(spec: dict) -> dict:
-    score_bench._worker_env()
-    import torch
-
-    torch.set_num_threads(spec["threads"])
+def work(spec: dict) -> dict:
+    """One measurement in this fresh process (``spec["variant"]``: with, without or paired)."""
+    quiet_stack(spec["threads"], datasets=True)
     import datasets
-    import transformers
 
-    from car_hf import add_base_loss, loss, models
+    from car_hf import add_base_loss
+    from car_hf.scoring import loss
 
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
     times: list[tuple[float, float]] = []
     if spec["variant"] == "without":
         loss._head_scores = _nll_only
     elif spec["variant"] == "paired":
         loss._head_scores = _paired(times)
-    rows = score_bench._zoo_rows(spec["examples"])
-    warm = sorted(rows, key=lambda r: len(r["instruction"]) + len(r["output"]))[:2]
-    pair = models.load_model(MODEL, dtype="float32", device="cpu")
+    rows = zoo_rows(spec["examples"], GENERATORS, "rsr_bench")
+    pair = load_real(MODEL)
 
     def run(rs):
         return datasets.Dataset.from_list(rs).map(add_base_loss(pair, max_length=spec["max_length"]), batched=True)
 
-    run(warm)
+    run(warm_rows(rows))
     times.clear()
-    ticks, own = score_bench._cpu_ticks(), score_bench._self_ticks()
-    t = time.perf_counter()
-    scored = run(rows)
-    seconds = time.perf_counter() - t
-    cpu = score_bench._self_ticks() - own
-    return {"variant": spec["variant"], "round": spec["round"], "seconds": seconds, "cpu_seconds": cpu,
-            "other_load": score_bench.other_load(ticks, score_bench._cpu_ticks(), cpu),
+    timing = timed(lambda: run(rows))
+    scored = timing.result
+    return {"variant": spec["variant"], "round": spec["round"], "seconds": timing.seconds,
+            "cpu_seconds": timing.cpu_seconds, "other_load": timing.other_load,
             "base_loss": list(scored["base_loss"]), "base_rank": list(scored["base_rank"]),
             "tokens": sum(scored["base_loss_tokens"]), "head_times": times}
 
 
 def measure(spec: dict) -> dict:
-    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
-        env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), TOKENIZERS_PARALLELISM="false",
-                   HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", out.name],
-                              env=env, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"rsr_bench: worker {spec} failed:\n{proc.stderr[-4000:]}")
-        return json.load(open(out.name))
+    return run_worker(__file__, spec, spec["threads"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,13 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--paired", action="store_true",
                         help="one process running both head loops on every chunk of the same run (robust to load)")
-    args = parser.parse_args(argv)
-    if args.worker:
-        Path(args.worker_out).write_text(json.dumps(run_worker(json.loads(args.worker))))
+    args = parse_or_work(parser, argv, work)
+    if args is None:  # a worker: its measurement is written
         return 0
     if args.paired:
         r = measure({"variant": "paired", "round": 0, "examples": args.examples, "max_length": args.max_length,
@@ -165,9 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ratios, cpu_ratios, by_variant = [], [], {v: [] for v in VARIANTS}
     for k in range(args.rounds):
-        order = VARIANTS if k % 2 == 0 else VARIANTS[::-1]
         results = {}
-        for variant in order:
+        for variant in rotate(VARIANTS, k):
             spec = {"variant": variant, "round": k, "examples": args.examples, "max_length": args.max_length,
                     "threads": args.threads}
             results[variant] = measure(spec)

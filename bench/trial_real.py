@@ -1,13 +1,13 @@
 """A real teacher trial on this CPU: which teacher should write checkable-task data for Gemma-3-270m?
 
 Teachers: SmolLM2-135M-Instruct under three system prompts (plain, terse, step-by-step with markdown) and
-Gemma-3-270m base with a plain instruction template; student: Gemma-3-270m; instructions: ``car_hf.tasks``
-(five kinds with checkable answers); reward: correctness (``car_hf.tasks:AnswerReward``, an ``evaluate`` metric).
-Runs ``car_hf.trial.rank_teachers`` (target top1, elimination) and writes ``docs/TRIAL_REAL.md`` with the
+Gemma-3-270m base with a plain instruction template; student: Gemma-3-270m; instructions: ``car_hf.generation.tasks``
+(five kinds with checkable answers); reward: correctness (``car_hf.generation.tasks:AnswerReward``, an ``evaluate`` metric).
+Runs ``car_hf.ranking.trial.rank_teachers`` (target top1, elimination) and writes ``docs/TRIAL_REAL.md`` with the
 leaderboard, the cost line and the wall time. The same run from the command line::
 
     car-hf trial tasks.jsonl --teachers bench/trial_teachers.yaml --base-model google/gemma-3-270m \\
-        --reward-model car_hf.tasks:AnswerReward --checkpoint runs/trial-real --output-dir runs/trial-real/ranking
+        --reward-model car_hf.generation.tasks:AnswerReward --checkpoint runs/trial-real --output-dir runs/trial-real/ranking
 
     python bench/trial_real.py --instructions 100
 """
@@ -15,25 +15,15 @@ leaderboard, the cost line and the wall time. The same run from the command line
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from common import MODELS, ROOT, where_and_when, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import yaml
 
-import yaml  # noqa: E402
-
-from car_hf import add_car  # noqa: E402
-from car_hf.data import ranking_markdown  # noqa: E402
-from car_hf.tasks import AnswerReward, make_tasks  # noqa: E402
-from car_hf.teacher import TeacherConfig  # noqa: E402
-from car_hf.trial import rank_teachers  # noqa: E402
+from car_hf import TeacherConfig, add_car, rank_teachers
+from car_hf.publishing.folders import ranking_markdown
+from car_hf.generation.tasks import AnswerReward, make_tasks
 
 TEACHERS = ROOT / "bench" / "trial_teachers.yaml"
 OUT = ROOT / "docs" / "TRIAL_REAL.md"
@@ -50,18 +40,18 @@ def main(argv=None) -> None:
     teachers = [TeacherConfig(**entry, max_new_tokens=args.max_new_tokens)
                 for entry in yaml.safe_load(TEACHERS.read_text())]
     tasks = make_tasks(args.instructions, seed=0)
-    scorer = add_car(base_model="google/gemma-3-270m", reward_model=AnswerReward(), max_length=512)
+    scorer = add_car(base_model=MODELS["gemma"], reward_model=AnswerReward(), max_length=512)
     started = time.perf_counter()
     result = rank_teachers(tasks, teachers, scorer, checkpoint=args.checkpoint, batch_size=16)
     seconds = time.perf_counter() - started
     lines = [
         "# A real teacher trial on this CPU",
         "",
-        f"`python bench/trial_real.py --instructions {args.instructions}` on {platform.machine()} "
-        f"({os.cpu_count()} cores, no GPU), {time.strftime('%Y-%m-%d')}: **{seconds / 60:.1f} min wall** (from a "
+        f"`python bench/trial_real.py --instructions {args.instructions}` on {where_and_when()}: "
+        f"**{seconds / 60:.1f} min wall** (from a "
         "cold trial cache; the models' converted folders were cached). Student google/gemma-3-270m (base), reward = "
-        f"correctness of the final answer (`car_hf.tasks:AnswerReward`), {args.instructions} instructions of five "
-        f"checkable kinds (`car_hf.tasks.make_tasks`), greedy, at most {args.max_new_tokens} new tokens, target "
+        f"correctness of the final answer (`car_hf.generation.tasks:AnswerReward`), {args.instructions} instructions of five "
+        f"checkable kinds (`car_hf.generation.tasks.make_tasks`), greedy, at most {args.max_new_tokens} new tokens, target "
         "top1 at 95% with elimination. Teachers (`bench/trial_teachers.yaml`):",
         "",
         *[f"- `{t.label}`: {t.teacher}" + (f", system prompt \"{t.system_prompt}\"" if t.system_prompt else "")
@@ -75,9 +65,7 @@ def main(argv=None) -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        OUT.parent.mkdir(exist_ok=True)
-        OUT.write_text("\n".join(lines) + "\n")
-        print(f"wrote {OUT}")
+        write_report(OUT, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

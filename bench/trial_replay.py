@@ -1,4 +1,4 @@
-"""Replay teacher trials (``car_hf.trial.rank_teachers``) on the AlpacaEval zoo: how often do they find the
+"""Replay teacher trials (``car_hf.ranking.trial.rank_teachers``) on the AlpacaEval zoo: how often do they find the
 exhaustive top-1, and how many responses do they generate?
 
 The zoo's generators stand in for candidate teachers: "generating" a response reads the cached one, with its
@@ -15,26 +15,16 @@ compared with the exhaustive ranking (CAR over every cached instruction). Writes
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from common import ROOT, machine, markdown_table, write_report
 
 import pandas as pd
+from adaptive_replay import REFERENCE, Cached, load_scores, reward_only  # the SmolLM2 replay's data and scorer
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-sys.path.insert(0, str(ROOT))
+from car_hf import rank_teachers
 
-from adaptive_replay import CHUNK, REFERENCE, chunk_path, reward_only  # noqa: E402 - the SmolLM2 replay's data
-
-from car_hf.trial import rank_teachers  # noqa: E402
-
-OUT = ROOT / "TRIAL.md"
+OUT = ROOT / "bench" / "TRIAL.md"
 
 
 class CachedTeacher:
@@ -50,30 +40,14 @@ class CachedTeacher:
                 "cached_loss": picked["base_loss"].tolist()}
 
 
-def cached_scorer(batch, indices):
-    """The scores the zoo row already has: judge preference and SmolLM2 loss."""
-    return {"reward": list(batch["cached_reward"]), "base_loss": list(batch["cached_loss"])}
-
-
-def cached_instructions(max_length: int) -> pd.DataFrame:
-    parts, start = [], 0
-    while chunk_path(max_length, start).exists():
-        parts.append(pd.read_parquet(chunk_path(max_length, start)))
-        start += CHUNK
-    if not parts:
-        raise SystemExit("no cached scores: run `python bench/adaptive_replay.py score --instructions 805` first")
-    frame = pd.concat(parts, ignore_index=True)
-    return frame[frame["generator"] != REFERENCE].reset_index(drop=True)
-
-
 def main(argv=None) -> None:
     import datasets
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--replays", type=int, default=200)
-    parser.add_argument("--beta", type=float, default=1.0)
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--replays", type=int, default=200, help="seeded trials (seed s shuffles the instructions)")
+    parser.add_argument("--beta", type=float, default=1.0, help="CAR's loss weight")
+    parser.add_argument("--confidence", type=float, default=0.95, help="the trial's stopping confidence (top1)")
+    parser.add_argument("--max-length", type=int, default=512, help="of the cached SmolLM2 losses")
     parser.add_argument("--reward-only", action="store_true",
                         help="judge preference alone on all 805 instructions (beta 0, no model): writes TRIAL_REWARD.md")
     parser.add_argument("--write", action="store_true", help="write bench/TRIAL.md")
@@ -81,12 +55,11 @@ def main(argv=None) -> None:
     datasets.disable_progress_bars()
     datasets.disable_caching()
 
+    # The zoo's generators but the judge's reference, with the cached (judge preference, SmolLM2 loss) scores.
+    frame = reward_only(805) if args.reward_only else load_scores(None, args.max_length)
+    frame = frame[frame["generator"] != REFERENCE].reset_index(drop=True)
     if args.reward_only:
-        frame = reward_only(805)
-        frame = frame[frame["generator"] != REFERENCE].reset_index(drop=True)
         args.beta = 0.0
-    else:
-        frame = cached_instructions(args.max_length)
     n = frame["instruction_id"].nunique()
     means = frame.groupby("generator")[["reward", "base_loss"]].mean()
     exhaustive = (means["reward"] / (1 + args.beta * means["base_loss"])).sort_values(ascending=False)
@@ -95,7 +68,7 @@ def main(argv=None) -> None:
 
     started, rows = time.perf_counter(), []
     for seed in range(args.replays):
-        result = rank_teachers(instructions, teachers, cached_scorer, beta=args.beta, confidence=args.confidence,
+        result = rank_teachers(instructions, teachers, Cached(), beta=args.beta, confidence=args.confidence,
                                seed=seed, n_bootstrap=1000)
         rows.append({"seed": seed, "found": result.table["generator"].iloc[0] == exhaustive.index[0],
                      "share": result.responses_generated / result.responses_exhaustive,
@@ -105,7 +78,7 @@ def main(argv=None) -> None:
     lines = [
         "# Teacher trials replayed on the AlpacaEval zoo",
         "",
-        f"`python bench/trial_replay.py --replays {args.replays}` on {platform.processor() or platform.machine()}, "
+        f"`python bench/trial_replay.py --replays {args.replays}` on {machine()['arch']}, "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s. {len(teachers)} teachers (the zoo's "
         f"generators but the judge's reference), "
         + (f"all {n} instructions, judge preference alone (beta = 0, no model)" if args.reward_only else
@@ -117,17 +90,17 @@ def main(argv=None) -> None:
         "",
         exhaustive.rename("car").to_frame().to_markdown(floatfmt=".4f"),
         "",
-        "| replays | exhaustive top-1 found | responses generated, mean (p90) | instructions drawn, mean | stops |",
-        "|---|---|---|---|---|",
-        f"| {len(table)} | {100 * table['found'].mean():.1f}% | {100 * table['share'].mean():.1f}% "
-        f"({100 * table['share'].quantile(0.9):.1f}%) | {table['instructions'].mean():.0f} of {n} | "
-        f"{ {k: int(v) for k, v in table['stopped'].value_counts().items()} } |",
+        markdown_table(
+            ["replays", "exhaustive top-1 found", "responses generated, mean (p90)", "instructions drawn, mean",
+             "stops"],
+            [[len(table), f"{100 * table['found'].mean():.1f}%",
+              f"{100 * table['share'].mean():.1f}% ({100 * table['share'].quantile(0.9):.1f}%)",
+              f"{table['instructions'].mean():.0f} of {n}",
+              {k: int(v) for k, v in table["stopped"].value_counts().items()}]]),
     ]
     print("\n".join(lines))
     if args.write:
-        out = OUT.with_name("TRIAL_REWARD.md") if args.reward_only else OUT
-        out.write_text("\n".join(lines) + "\n")
-        print(f"wrote {out}")
+        write_report(OUT.with_name("TRIAL_REWARD.md") if args.reward_only else OUT, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

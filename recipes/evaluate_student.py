@@ -11,24 +11,32 @@
     HF_HUB_OFFLINE=0 python recipes/evaluate_student.py --model_name_or_path runs/qwen2.5-0.5b-car-lora \\
         --dataset_name runs/heldout.jsonl --reference_column output --max_new_tokens 512 \\
         --judge_base_url http://localhost:8000/v1 --judge_model Qwen/Qwen2.5-7B-Instruct
+    # lm-evaluation-harness too, on the same student in memory: a GSM8K-shaped local task (3-shot, offline)
+    python recipes/evaluate_student.py --model_name_or_path runs/sft-tiny-cpu \\
+        --dataset_name runs/tiny-data/heldout.jsonl --metric answer_match --max_new_tokens 4 \\
+        --harness_include_path recipes/harness_tasks --harness_tasks arithmetic_gsm
 
 Options: :class:`EvaluateArguments` (the student, the held-out data, the output), ``car_hf.evaluation.student.
 EvaluationArguments`` (reward model/function, ``evaluate`` metric, LLM judge, bootstrap) and ``car_hf.TeacherConfig``
 (generation: greedy by default). The student is a model folder, a Hub id or a LoRA adapter folder (merged into
 its base); the baseline (by default the adapter's base model) is evaluated the same way, and the two are compared
-item by item (paired bootstrap). Writes ``output_dir/items.csv`` (per-item results of both) and ``summary.json``.
+item by item (paired bootstrap). Writes ``output_dir/items.csv`` (per-item results of both, harness items
+included) and ``summary.json``; a student folder also gets ``evaluation/results.json``, which ``car-hf push``
+publishes as the card's ``model-index`` and ``.eval_results`` (:mod:`car_hf.publishing.eval_results`).
+``--harness_tasks`` runs lm-evaluation-harness tasks on the same in-memory student (``pip install
+"car_hf[harness]"``; ``--harness_include_path`` for local YAML tasks, e.g. ``recipes/harness_tasks``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from car_hf import ConfigError, InputError, ModelLoadError
+from car_hf import ConfigError
+from car_hf.cli.common import run_recipe
 from car_hf.evaluation.student import EvaluationArguments
 from car_hf.generation.teacher import TeacherConfig
 
@@ -94,12 +102,14 @@ def main(args: EvaluateArguments, scorers: EvaluationArguments, generation: Teac
     output.mkdir(parents=True, exist_ok=True)
     pd.concat([r.items.assign(student=r.name) for r in results]).to_csv(output / "items.csv", index=False)
     (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if Path(args.model_name_or_path).is_dir():  # kept with the student: `car-hf push` publishes it
+        from car_hf.publishing.eval_results import evaluation_record, write_evaluation_record
+
+        logger.info("recorded the evaluation in %s", write_evaluation_record(args.model_name_or_path, evaluation_record(
+            results[0].summary, student=results[0].name, heldout=args.dataset_name, heldout_split=args.dataset_split)))
     logger.info("evaluation:\n%s", json.dumps(summary, indent=2, default=str))
     return summary
 
 
 if __name__ == "__main__":
-    try:
-        main(*make_parser().parse_args_and_config())
-    except (ConfigError, InputError, ModelLoadError) as error:
-        sys.exit(f"evaluate_student.py: error: {error}")
+    run_recipe("evaluate_student.py", make_parser, main)

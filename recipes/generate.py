@@ -36,13 +36,11 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from car_hf import ConfigError, InputError, ModelLoadError
-from car_hf.core.errors import GenerationError
+from car_hf import ConfigError
+from car_hf.cli.common import run_recipe
 from car_hf.generation.teacher import TeacherConfig
 
 logger = logging.getLogger("car_hf.recipes.generate")
@@ -145,18 +143,5 @@ def main(args: GenerateArguments, config: TeacherConfig) -> Path | None:
     return result
 
 
-if __name__ == "__main__":
-    from car_hf.core.errors import EXIT_GENERATION_FAILED, EXIT_USER_ERROR
-    from car_hf.generation.resume import failure_line
-    from car_hf.generation.teacher import mask_secrets
-
-    try:
-        parsed = make_parser().parse_args_and_config()
-        main(*parsed)
-    except GenerationError as error:  # exit 3: the finished rows are kept, the same command resumes
-        print(failure_line("generate.py", error, parsed[0].output_dir, shlex.join(["python", *sys.argv])),
-              file=sys.stderr)
-        sys.exit(EXIT_GENERATION_FAILED)
-    except (ConfigError, InputError, ModelLoadError) as error:
-        print(" ".join(mask_secrets(f"generate.py: error: {error}").split()), file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+if __name__ == "__main__":  # exit 3 when generation failed: the finished rows are kept, the same command resumes
+    run_recipe("generate.py", make_parser, main, checkpoint=lambda parsed: parsed[0].output_dir)

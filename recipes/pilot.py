@@ -29,7 +29,7 @@ import os
 import shlex
 import sys
 
-from car_hf import ConfigError, InputError, ModelLoadError
+from car_hf.cli.common import run_recipe
 from car_hf.evaluation.pilot import pilot_from_arguments, pilot_parser
 
 
@@ -44,9 +44,6 @@ def main(args, scorers, generation, training_args, model_args, rerun=None):
 if __name__ == "__main__":
     # Under accelerate launch the command to re-run is the launcher's, which this process cannot see.
     rerun = None if "WORLD_SIZE" in os.environ else shlex.join(["python", *sys.argv])
-    try:
-        report = main(*make_parser().parse_args_and_config(), rerun=rerun)
-    except (ConfigError, InputError, ModelLoadError) as error:
-        sys.exit(f"pilot.py: error: {error}")
+    report = run_recipe("pilot.py", make_parser, main, rerun=rerun)
     if report is not None:  # the main process: the report, once
         print(report.to_markdown())

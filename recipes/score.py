@@ -18,16 +18,20 @@ out over the processes (``car_hf.core.distributed``, N processes = 1 process bit
 options or car_hf version scores afresh. The main process writes ``output_dir`` as a ranking folder
 (``car_hf.core.data.write_ranking``: ``scored/``, ``leaderboard.md``/``.csv``, ``car_config.json``), which
 ``car-hf push`` publishes. ``CAR_HF_FAIL_AFTER_CHUNKS=N`` makes each process exit after N chunks (for testing).
+Several students (``--base_model`` repeated, or a YAML list): the rewards are scored once, then each student in
+turn over every row (one model in memory at a time), each a cache key of its own, so adding a student to a
+finished run scores only that student; ``output_dir`` then holds ``scored/`` with ``base_loss@<label>`` ... per
+student and the teachers x students matrix (``matrix.md`` ...: ``car_hf.ranking.matrix``).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from car_hf import CARConfig, ConfigError, InputError, ModelLoadError
+from car_hf import CARConfig
+from car_hf.cli.common import run_recipe
 
 logger = logging.getLogger("car_hf.recipes.score")
 
@@ -72,7 +76,9 @@ def main(args: ScoreArguments, config: CARConfig) -> Path | None:
     from car_hf.core.data import save_data
     from car_hf.publishing.folders import write_ranking
     from car_hf.core.distributed import run_chunks, start_processes
-    from car_hf.core.inputs import check_config_sources, check_data_source, check_scoring_inputs, load_job_data
+    from car_hf.core.inputs import (check_config_sources, check_data_source, check_model_source, check_scoring_inputs,
+                                    load_job_data)
+    from car_hf.core.students import student_models
     from car_hf.ranking.leaderboard import rank_generators
     from car_hf.scoring.scorer import scorer_for_ranking
 
@@ -80,7 +86,9 @@ def main(args: ScoreArguments, config: CARConfig) -> Path | None:
 
     # 1. Check, then load the data (the main process first: the others read datasets' cache).
     check_data_source(args.dataset_name)
-    check_config_sources(config)
+    check_config_sources(dataclasses.replace(config, base_model=None))
+    for student in student_models(config.students):  # several students: each one
+        check_model_source(student, "base_model")
     with state.main_process_first():
         ds = load_job_data(args.dataset_name, split=args.dataset_split, layout=args.dataset_layout,
                            zoo_reward_key=args.zoo_reward_key, generators=args.generators,
@@ -88,17 +96,28 @@ def main(args: ScoreArguments, config: CARConfig) -> Path | None:
     check_scoring_inputs(ds, config)
     datasets.disable_caching()  # the chunks are in car_hf's cache; datasets' copy of each would be a second one
 
-    # 2. Score the chunks over the processes, through the score cache (a rerun skips what is there).
+    # 2. Score the chunks over the processes, through the score cache (a rerun skips what is there). Several
+    #    students: the rewards, then each student, one model at a time, each its own cache key (a new student
+    #    scores only itself).
     scorer = scorer_for_ranking(dataclasses.replace(config, score_device=str(state.device)))
     output_dir = Path(args.output_dir)
-    scored = run_chunks(state, ds, scorer, output_dir, chunk_rows=args.chunk_rows, batch_size=args.map_batch_size,
-                        overwrite=args.overwrite)
+    scored = scorer.map(ds, run=lambda part: run_chunks(state, ds, part, output_dir, chunk_rows=args.chunk_rows,
+                                                         batch_size=args.map_batch_size, overwrite=args.overwrite))
 
     # 3. The main process writes the ranking folder.
     if state.is_main_process:
         record = scorer.scoring_config() | {"dataset": args.dataset_name, "n_rows": len(scored),
                                             "chunk_rows": args.chunk_rows, "world_size": state.num_processes}
-        if args.by in scored.column_names:
+        if args.by in scored.column_names and scorer.labels:  # several students: the teachers x students matrix
+            from car_hf.ranking.matrix import rank_matrix
+
+            matrix = rank_matrix(scored, by=args.by, beta=config.beta, reward_transform=config.reward_transform,
+                                 n_bootstrap=args.n_bootstrap, confidence=args.confidence, seed=args.seed,
+                                 config=record)
+            save_data(scored, str(output_dir / "scored"), record)
+            matrix.write(output_dir)
+            logger.info("teachers x students matrix:\n%s", matrix.markdown())
+        elif args.by in scored.column_names:
             table = rank_generators(scored, by=args.by, beta=config.beta, reward_transform=config.reward_transform,
                                     n_bootstrap=args.n_bootstrap, confidence=args.confidence, seed=args.seed,
                                     config=record)
@@ -113,7 +132,4 @@ def main(args: ScoreArguments, config: CARConfig) -> Path | None:
 
 
 if __name__ == "__main__":
-    try:
-        main(*make_parser().parse_args_and_config())
-    except (ConfigError, InputError, ModelLoadError) as error:
-        sys.exit(f"score.py: error: {error}")
+    run_recipe("score.py", make_parser, main)

@@ -22,7 +22,9 @@ In order — everything that can be checked without a model is checked first:
    the processes in chunks of ``scoring_chunk_rows`` (``car_hf.training.sft.score_for_training``, the path of
    ``recipes/score.py``) into ``<output_dir>/_car_scored``, the score cache that a rerun reuses.
 4. Select rows (``select``: none | generator | top_fraction | top_k | threshold | best_of_n | likeliest;
-   ``car_hf.training.selection``).
+   ``car_hf.training.selection``). Data scored under several students (``base_loss@<label>`` per student, e.g.
+   recipes/score.py with several ``base_model``) selects by the columns of the student being trained: the label
+   matching ``model_name_or_path``, or ``student``; none matching is an error listing the labels, before any model.
 5. Turn them into TRL prompt/completion records, so that the completion-only loss covers the tokens CAR scored.
 6. Train (full or LoRA), save, write the model card (TRL's + car_hf's, with the selection), push when
    ``push_to_hub``; with LoRA and ``merge_adapter: true`` also write ``<output_dir>/merged``.
@@ -35,11 +37,11 @@ set 3 hours instead of TRL's 30 minutes); scoring is shared out, so no process w
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from car_hf import CARConfig, ConfigError, InputError, ModelLoadError
+from car_hf import CARConfig
+from car_hf.cli.common import run_recipe
 from car_hf.training.sft import SFTScriptArguments
 
 logger = logging.getLogger("car_hf.recipes.sft")
@@ -76,7 +78,9 @@ def main(script_args: SFTScriptArguments, training_args, model_args, config: CAR
                        generators=script_args.dataset_generators, by=script_args.generator_column,
                        max_instructions=script_args.dataset_max_instructions)
     selecting = script_args.select != "none"
-    scored = "base_loss" in ds.column_names and not script_args.rescore
+    # Data scored under several students: the trained model's columns (matched to its label, or script_args.student).
+    student = training.training_student(ds, script_args, model_args.model_name_or_path) if selecting else None
+    scored = ("base_loss" in ds.column_names or student is not None) and not script_args.rescore
     layout = check_layout(ds, config)
     reward_column = check_reward_column(ds, config, scored=scored) if selecting else None
     if script_args.select == "generator":
@@ -99,7 +103,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, config: CAR
     if selecting and not scored:
         ds, scoring = training.score_for_training(ds, config, training_args, script_args.scoring_batch_size,
                                                      script_args.scoring_chunk_rows)
-    elif selecting:
+    elif selecting and student is None:  # a student's own columns were matched by its label
         training.warn_if_scored_for_another_model(script_args.dataset_name, config.base_model,
                                                   training_args.max_length)
 
@@ -108,7 +112,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, config: CAR
                     reward_transform=config.reward_transform,
                     reward_column="reward" if scoring else reward_column,
                     by=script_args.generator_column, group_by=script_args.group_by,
-                    n_bootstrap=script_args.n_bootstrap, scoring=scoring)
+                    n_bootstrap=script_args.n_bootstrap, scoring=scoring, student=student)
 
     # 5. TRL records.
     records = training.to_records(chosen.rows, tokenizer, layout, config.template)
@@ -160,7 +164,4 @@ def main(script_args: SFTScriptArguments, training_args, model_args, config: CAR
 
 
 if __name__ == "__main__":
-    try:
-        main(*make_parser().parse_args_and_config())
-    except (ConfigError, InputError, ModelLoadError) as error:
-        sys.exit(f"sft.py: error: {error}")
+    run_recipe("sft.py", make_parser, main)

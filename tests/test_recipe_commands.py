@@ -1,11 +1,16 @@
-"""Every documented recipe command, as written: run as a script where it uses the tiny CPU configs, parsed where it
-needs GPUs or real models; and no file in recipes/ shadows an importable module.
+"""Every documented command and Python example, as written: run where it uses the tiny CPU configs, models and
+outputs, parsed where it needs GPUs or real models; and no file in recipes/ shadows an importable module.
 
-The commands are read from each recipe's docstring, the header comments of recipes/configs/*.yaml, and the code
-blocks of recipes/README.md and README.md. A command runs (``bash -c``, verbatim, from a folder laid out like the
+The commands (``python``/``accelerate launch`` of a recipe or a bench script, and ``car-hf``) are read from each
+recipe's docstring, the header comments of recipes/configs/*.yaml, and the code blocks of recipes/README.md,
+README.md and the guides in docs/. A command runs (``bash -c``, verbatim, from a folder laid out like the
 repository root after ``python recipes/tiny_model.py``) when it names a tiny CPU config or a tiny run's output;
 any other command (real models, GPUs, endpoints) is parse-checked: its ``accelerate launch`` options by accelerate's
-parser, its script options and ``--config`` YAML by the recipe's ``TrlParser`` (an unknown key fails).
+parser, a recipe's options and ``--config`` YAML by the recipe's ``TrlParser`` (an unknown key fails), a ``car-hf``
+command by car-hf's parser and the dataclasses its options build, a bench script by its own ``argparse`` parser
+(the bench scripts are run by their own tests). The ``python`` blocks of README.md and docs/ run the same way: in
+that folder, each in a fresh namespace, when they use the tiny model; the others are compiled and their
+``car_hf`` imports resolved.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from datasets import concatenate_datasets, load_from_disk
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-_START = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:python|accelerate)\s")
+_START = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:python|accelerate|car-hf)\s")
+_ENV = re.compile(r"^[A-Z_]+=")
+_SCRIPT = re.compile(r"\b(?:recipes|bench)/\w+\.py\b")
+DOCS = [RECIPES / "README.md", REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 _EXAMPLE_ENV = {"RANK": "0", "MAIN_IP": "10.0.0.1"}  # what a user sets on each node of the multi-node command
 
 
@@ -43,19 +51,37 @@ class Command:
         return shlex.split(text.replace("\\\n", " "), comments=True)
 
     @property
+    def program(self) -> list[str]:
+        """``argv`` without the environment assignments in front."""
+        argv = self.argv
+        while argv and _ENV.match(argv[0]):
+            argv = argv[1:]
+        return argv
+
+    @property
+    def kind(self) -> str:
+        """``car-hf``, ``recipe`` or ``bench``."""
+        if self.program[0] == "car-hf":
+            return "car-hf"
+        return "bench" if self.script.startswith("bench/") else "recipe"
+
+    @property
     def script(self) -> str:
-        return next(a for a in self.argv if a.startswith("recipes/") and a.endswith(".py"))
+        """The recipe or bench script, or ``car-hf <subcommand>``."""
+        if self.program[0] == "car-hf":
+            return " ".join(self.program[:2])
+        return next(a for a in self.argv if a.startswith(("recipes/", "bench/")) and a.endswith(".py"))
 
     @property
     def script_args(self) -> list[str]:
-        argv = self.argv
-        return argv[argv.index(self.script) + 1:]
+        argv = self.program
+        return argv[2:] if self.kind == "car-hf" else argv[argv.index(self.script) + 1:]
 
     @property
     def runs_here(self) -> bool:
         """Tiny CPU configs or tiny outputs: runs on this machine in seconds; anything else needs a GPU or a real
-        model (and a network) and is parse-checked."""
-        return "tiny" in self.text or self.script == "recipes/tiny_model.py"
+        model (and a network) and is parse-checked, as are the bench scripts (their own tests run them)."""
+        return self.kind != "bench" and ("tiny" in self.text or self.script == "recipes/tiny_model.py")
 
 
 def _commands_in(text: str, source: str) -> list[Command]:
@@ -71,7 +97,7 @@ def _commands_in(text: str, source: str) -> list[Command]:
             parts.append(re.sub(r"^\s*#?\s*", "    ", lines[i]).rstrip())
             i += 1
         text = "\n".join(p.rstrip() for p in parts)
-        if re.search(r"\brecipes/\w+\.py\b", text):
+        if _SCRIPT.search(text.split("#")[0]) or re.match(r"^(?:[A-Z_]+=\S+\s+)*car-hf\s", text):
             commands.append(Command(source, text))
     return commands
 
@@ -83,10 +109,13 @@ def documented_commands() -> list[Command]:
     for config in sorted((RECIPES / "configs").glob("*.yaml")):
         header = "\n".join(line for line in config.read_text().splitlines() if line.startswith("#"))
         found += _commands_in(header, f"recipes/configs/{config.name}")
-    for readme in (RECIPES / "README.md", REPO / "README.md"):
+    for readme in DOCS:
         text = readme.read_text()
-        # fenced blocks and indented (4-space) ones
-        blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S) + re.findall(r"(?:^ {4}.*\n)+", text, re.M)
+        # fenced shell blocks (fences paired in order: a python block's closing fence opens nothing) and indented
+        # (4-space) ones
+        fenced = re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
+        blocks = [code for language, code in fenced if language in ("", "bash", "sh")]
+        blocks += re.findall(r"(?:^ {4}.*\n)+", text, re.M)
         found += [c for block in blocks for c in _commands_in(block, str(readme.relative_to(REPO)))]
     unique: dict[tuple[str, ...], Command] = {}
     for command in found:
@@ -94,13 +123,37 @@ def documented_commands() -> list[Command]:
     return list(unique.values())
 
 
+def documented_python() -> list[tuple[str, str]]:
+    """``(where, code)`` of every ``python`` block of README.md and docs/."""
+    found = []
+    for doc in DOCS:
+        fenced = re.findall(r"^```(\w*)\n(.*?)^```", doc.read_text(), re.S | re.M)
+        blocks = [code for language, code in fenced if language == "python"]
+        found += [(f"{doc.relative_to(REPO)}, python block {i + 1}", code) for i, code in enumerate(blocks)]
+    return found
+
+
 COMMANDS = documented_commands()
 # The order a user runs them in: data and model first, scores before what reads them (sft's runs/sft-tiny-cpu is
-# the student evaluate_student.py evaluates; score.py's output is the pilot's pool).
+# the student evaluate_student.py evaluates and, merged, a trial's teacher; score.py's output is the pilot's pool),
+# then car-hf's commands, each after those whose output it reads.
 ORDER = ["recipes/tiny_model.py", "recipes/score.py", "recipes/sft.py", "recipes/generate.py",
          "recipes/evaluate_student.py", "recipes/pilot.py"]
-RUN = sorted((c for c in COMMANDS if c.runs_here), key=lambda c: ORDER.index(c.script))
+CLI_ORDER = ["score", "rank", "generate", "trial", "pilot", "push"]
+
+
+def _order(command: Command) -> int:
+    if command.kind == "car-hf":
+        name = command.program[1]
+        return len(ORDER) + (CLI_ORDER.index(name) if name in CLI_ORDER else len(CLI_ORDER))
+    return ORDER.index(command.script)
+
+
+RUN = sorted((c for c in COMMANDS if c.runs_here), key=_order)
 PARSE = [c for c in COMMANDS if not c.runs_here]
+PYTHON = documented_python()
+PYTHON_RUN = [(where, code) for where, code in PYTHON if "tiny" in code]
+PYTHON_PARSE = [(where, code) for where, code in PYTHON if "tiny" not in code]
 
 
 def load_recipe(script: str):
@@ -124,8 +177,12 @@ def test_no_recipe_is_named_like_an_importable_module():
 
 
 def test_every_recipe_documents_commands_that_are_run_or_parsed():
-    scripts = {c.script for c in COMMANDS}
+    scripts = {c.script for c in COMMANDS if c.kind == "recipe"}
     assert scripts == {f"recipes/{p.name}" for p in RECIPES.glob("*.py")}, scripts
+    # The guides' commands are among them, and every car-hf command a user runs on data runs here.
+    assert {c.source for c in COMMANDS} >= {"README.md", "docs/scoring.md", "docs/generation.md"}
+    assert {c.script for c in RUN if c.kind == "car-hf"} >= {f"car-hf {name}" for name in CLI_ORDER}
+    assert {c.kind for c in PARSE} == {"recipe", "car-hf", "bench"} and len(PYTHON_RUN) >= 3
     for script in ORDER:
         assert any(c.script == script for c in RUN), f"no documented CPU command runs {script}"
     # The multi-process commands the tests rely on are among them.
@@ -135,6 +192,73 @@ def test_every_recipe_documents_commands_that_are_run_or_parsed():
     assert gpu >= {"recipes/score.py", "recipes/sft.py", "recipes/pilot.py", "recipes/evaluate_student.py"}
 
 
+# ------------------------------------------------------------------------------------------------ one-line errors
+class _TrlParser:  # what TrlParser(...) returns, for run_recipe
+    def __init__(self, *parsed):
+        self.parsed = parsed
+
+    def parse_args_and_config(self):
+        if isinstance(self.parsed[0], Exception):
+            raise self.parsed[0]
+        return self.parsed
+
+
+def test_run_recipe_reports_user_errors_in_one_line_and_resumable_generation_with_exit_3(capsys):
+    from types import SimpleNamespace
+
+    from car_hf.cli.common import run_recipe
+    from car_hf.core.errors import CacheError, ConfigError, GenerationError, ModelLoadError
+
+    args = SimpleNamespace(output_dir="runs/gen")
+    parser = lambda: _TrlParser(args, "config")  # noqa: E731
+    returned = run_recipe("x.py", parser, lambda a, c, extra=0: (a.output_dir, c, extra), extra=1)
+    assert returned == ("runs/gen", "config", 1)
+
+    def fails(error):
+        def main(*parsed):
+            raise error
+        return main
+
+    damaged = CacheError("cache part /c/part-1 cannot be used: it is missing\n(a process did not finish); rerun")
+    for script, make_parser, main, line in [
+        ("score.py", parser, fails(damaged),
+         "score.py: error: cache part /c/part-1 cannot be used: it is missing (a process did not finish); rerun"),
+        ("evaluate_student.py", parser, fails(ModelLoadError("https://me:sk-1@host/v1 is unreachable")),
+         "evaluate_student.py: error: https://***@host/v1 is unreachable"),
+        ("sft.py", lambda: _TrlParser(ConfigError("beta must be >= 0")), None, "sft.py: error: beta must be >= 0"),
+        ("sft.py", lambda: _TrlParser(ValueError("Some specified arguments are not used: ['--x']")), None,
+         "sft.py: error: Some specified arguments are not used: ['--x']"),
+        ("pilot.py", lambda: _TrlParser(FileNotFoundError(2, "No such file or directory")), None,
+         "pilot.py: error: [Errno 2] No such file or directory"),
+    ]:
+        with pytest.raises(SystemExit) as ended:
+            run_recipe(script, make_parser, main)
+        assert ended.value.code == 2 and capsys.readouterr().err == line + "\n"
+
+    failed = fails(GenerationError("1 of 3 request(s) failed", failed=[1]))
+    with pytest.raises(SystemExit) as ended:
+        run_recipe("generate.py", parser, failed, checkpoint=lambda parsed: parsed[0].output_dir)
+    assert ended.value.code == 3
+    assert capsys.readouterr().err.startswith("generate.py: error: generation failed for 1 row(s) (1): 1 of 3 "
+                                              "request(s) failed. Finished work is kept in runs/gen: run the same "
+                                              "command again")
+    with pytest.raises(GenerationError):  # no checkpoint: nothing to resume from, the error as it is
+        run_recipe("sft.py", parser, failed)
+    with pytest.raises(ZeroDivisionError):  # not a user error: a traceback
+        run_recipe("sft.py", parser, lambda a, c: 1 / 0)
+    with pytest.raises(ValueError):  # a ValueError while running is a bug's, not the options'
+        run_recipe("sft.py", parser, fails(ValueError("bug")))
+
+
+@pytest.mark.parametrize("recipe", ["score", "generate", "evaluate_student"])
+def test_a_recipe_run_as_a_script_refuses_an_unknown_option_in_one_line(recipe, tmp_path):
+    result = subprocess.run([sys.executable, str(RECIPES / f"{recipe}.py"), "--no_such_option", "1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"{recipe}.py: error: Some specified arguments are not used by the HfArgumentParser: ['--no_such_option', '1']")
+
+
 # ------------------------------------------------------------------------------------------------ GPU commands
 @pytest.mark.parametrize("command", PARSE, ids=[f"{c.source}:{c.script}:{i}" for i, c in enumerate(PARSE)])
 def test_gpu_command_parses_with_known_fields_only(command, monkeypatch):
@@ -142,9 +266,11 @@ def test_gpu_command_parses_with_known_fields_only(command, monkeypatch):
     from accelerate.commands.launch import launch_command_parser
 
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)  # bf16 configs
-    argv = command.argv
-    while "=" in argv[0]:
-        argv = argv[1:]
+    if command.kind == "bench":
+        return _parse_bench(command, monkeypatch)
+    if command.kind == "car-hf":
+        return _parse_car_hf(command)
+    argv = command.program
     if argv[0] == "accelerate":
         launch = launch_command_parser().parse_args(argv[2:])
         assert launch.training_script == command.script
@@ -152,13 +278,70 @@ def test_gpu_command_parses_with_known_fields_only(command, monkeypatch):
             assert (REPO / launch.config_file).is_file(), launch.config_file
         assert launch.num_processes is None or launch.num_processes >= 1
     parser = load_recipe(command.script).make_parser()
-    args = command.script_args
+    _check_config_keys(parser, command.script_args)
+    parsed = parser.parse_args_and_config(command.script_args)
+    assert parsed and all(p is not None for p in parsed)
+
+
+def _check_config_keys(parser, args: list[str]) -> None:
     if "--config" in args:
         config = yaml.safe_load((REPO / args[args.index("--config") + 1]).read_text())
         known = {f for dataclass_type in parser.dataclass_types for f in dataclass_type.__dataclass_fields__}
         assert not set(config) - known, f"unknown keys in {args[args.index('--config') + 1]}: {set(config) - known}"
-    parsed = parser.parse_args_and_config(args)
-    assert parsed and all(p is not None for p in parsed)
+
+
+def _parse_car_hf(command: Command) -> None:
+    """car-hf's own parser, then the dataclasses the options build (which check their values)."""
+    import dataclasses
+
+    from car_hf.cli import build_parser, config_from_args
+    from car_hf.cli.teachers import pilot_parser_full
+    from car_hf.generation.teacher import TeacherConfig
+    from car_hf.publishing.hub import check_repo_id
+
+    name, args = command.program[1], command.script_args
+    if name == "pilot":
+        parser = pilot_parser_full()
+        _check_config_keys(parser, args)
+        parsed = parser.parse_args_and_config(args)
+        assert parsed and all(p is not None for p in parsed)
+        return
+    parsed = build_parser().parse_args(command.program[1:])
+    assert parsed.command == name
+    if hasattr(parsed, "beta"):
+        config_from_args(parsed)
+    if name in ("generate", "trial"):
+        fields = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(TeacherConfig) if f.name != "teacher"}
+        TeacherConfig(teacher="t", **fields)
+    if name == "push":
+        check_repo_id(parsed.repo_id)
+    for option in ("--teachers", "--config"):  # files the command reads
+        if option in args:
+            assert (REPO / args[args.index(option) + 1]).is_file(), args[args.index(option) + 1]
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _parse_bench(command: Command, monkeypatch) -> None:
+    """A bench script's ``main(argv)`` up to its ``parse_args``: its options are known and their values parse."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # the scripts import their shared helpers (bench/common.py)
+    name = f"bench_{Path(command.script).stem}"
+    spec = importlib.util.spec_from_file_location(name, REPO / command.script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, args=None, namespace=None):
+        raise _Parsed(parse_args(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    with pytest.raises(_Parsed):
+        module.main(command.script_args)
 
 
 def test_real_gpu_configs_are_for_gpus(monkeypatch):
@@ -182,11 +365,16 @@ def test_real_gpu_configs_are_for_gpus(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ CPU commands
-def _run(command: Command, cwd: Path) -> subprocess.CompletedProcess:
+def _environment(cwd: Path) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1", HF_DATASETS_CACHE=str(cwd / ".hf_datasets_cache"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.setdefault("OMP_NUM_THREADS", "1")  # a command's own OMP_NUM_THREADS=1 prefix is part of its text
+    return env
+
+
+def _run(command: Command, cwd: Path) -> subprocess.CompletedProcess:
+    env = _environment(cwd)
     for attempt in range(4):
         result = subprocess.run(["bash", "-c", command.text], cwd=cwd, env=env, capture_output=True, text=True,
                                 timeout=400, check=False)
@@ -239,6 +427,36 @@ def test_cpu_commands_run_as_written(ran):
     summary = json.loads((root / "runs" / "evaluate" / "summary.json").read_text())
     assert summary["n_items"] == 12 and summary["baseline"].endswith("tiny-model")  # the adapter's base model
     assert (root / "runs" / "pilot-tiny" / "report.md").is_file()
+    # What the guides say the car-hf commands write.
+    cli = root / "runs" / "tiny-cli"
+    assert (cli / "ranking" / "leaderboard.csv").is_file() and (cli / "ranking" / "ranking.png").is_file()
+    assert (cli / "answered.parquet").is_file() and (cli / "answered.parquet.checkpoint").is_dir()
+    assert (cli / "trial" / "leaderboard.csv").is_file() and (cli / "pilot" / "report.md").is_file()
+    assert (cli / "upload" / "README.md").is_file() and (cli / "upload-model" / "README.md").is_file()
+
+
+def test_python_examples_run_as_written(ran):
+    """The python blocks that use the tiny model, verbatim, in one interpreter, each in a fresh namespace."""
+    root, _ = ran
+    runner = ("import json, sys\n"
+              "for where, code in json.load(sys.stdin):\n"
+              "    exec(compile(code, where, 'exec'), {'__name__': '__main__'})\n")
+    result = subprocess.run([sys.executable, "-c", runner], input=json.dumps(PYTHON_RUN), cwd=root,
+                            env=_environment(root), capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert "rambler-70b" in result.stdout  # the README's leaderboard printed
+
+
+def test_python_examples_for_real_models_compile_and_import():
+    """The python blocks that need real models (none at present: they all use the tiny one) compile and import."""
+    import importlib
+
+    for where, code in PYTHON_PARSE + PYTHON_RUN:
+        for node in ast.walk(ast.parse(code, where)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("car_hf"):
+                module = importlib.import_module(node.module)
+                missing = [a.name for a in node.names if not hasattr(module, a.name)]
+                assert not missing, f"{where}: {node.module} has no {missing}"
 
 
 def test_sft_two_processes_share_the_scoring_and_match_one_process(ran):

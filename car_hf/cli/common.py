@@ -1,5 +1,6 @@
 """What every ``car-hf`` command shares: the parser (options from dataclass fields, both spellings of every option,
-one-line errors), the data and ``datasets.map`` options, and the scoring options from :class:`~car_hf.CARConfig`.
+one-line errors), the data and ``datasets.map`` options, and the scoring options from :class:`~car_hf.CARConfig`;
+and how the scripts of ``recipes/`` end (:func:`run_recipe`: a user error is one line and exit status 2).
 
 Nothing here imports torch, transformers or datasets: ``car-hf --help`` builds every parser in a fraction of a
 second, and the commands import the stack when they run.
@@ -14,14 +15,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shlex
 import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from car_hf.core.config import KEYWORD_ALIASES, CARConfig
+from car_hf.core.errors import (EXIT_GENERATION_FAILED, EXIT_USER_ERROR, CacheError, ConfigError, GenerationError,
+                                InputError, ModelLoadError)
+from car_hf.generation.teacher import mask_secrets
+
+T = TypeVar("T")
 
 # The fields renamed with a score_ prefix (TRL owns the bare names): their old flags stay as hidden aliases.
 DEPRECATED_FLAGS = {f"--{old.replace('_', '-')}": field for old, field in KEYWORD_ALIASES.items()
@@ -176,3 +184,54 @@ def add_map_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> CARConfig:
     """The scoring options of a parsed command line; CARConfig validates them (a bad value: ConfigError)."""
     return CARConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(CARConfig)})
+
+
+RECIPE_ERRORS = (ConfigError, InputError, ModelLoadError, CacheError)
+"""What a recipe's user can fix (an option, a row, a model id, a damaged cache part): :func:`run_recipe` reports it as
+one line, no traceback."""
+
+
+def run_recipe(script: str, make_parser: Callable[[], Any], main: Callable[..., T], *,
+               checkpoint: Callable[[tuple], str | os.PathLike] | None = None, **kwargs: Any) -> T:
+    """Run a recipe as its ``if __name__ == "__main__":`` block: parse ``make_parser().parse_args_and_config()``
+    (TRL's parser: a YAML ``--config`` plus the command line), then return ``main(*parsed, **kwargs)``.
+
+    A user error (:data:`RECIPE_ERRORS` while parsing or running; while parsing, also a ``ValueError``, ``OSError``
+    or YAML error: an unknown option, a missing or malformed ``--config`` file, a value TRL's dataclasses refuse)
+    ends the process with one line ``<script>: error: ...`` on stderr (credentials in URLs masked) and exit status 2
+    (``EXIT_USER_ERROR``). With ``checkpoint`` (where the finished work is kept, from the parsed options), a
+    generation that failed for some rows ends with :func:`~car_hf.generation.resume.failure_line` (the failed rows
+    and the command that resumes) and exit status 3 (``EXIT_GENERATION_FAILED``); without it, that error propagates.
+
+    Example:
+        >>> class Parser:  # what TrlParser(...) returns, for the example
+        ...     def parse_args_and_config(self):
+        ...         return ("runs/score",)
+        >>> run_recipe("score.py", Parser, lambda output_dir: f"wrote {output_dir}")
+        'wrote runs/score'
+        >>> def main(output_dir):
+        ...     raise InputError("row 3, column 'output': the response is None")
+        >>> run_recipe("score.py", Parser, main)  # stderr: score.py: error: row 3, column 'output': ...
+        Traceback (most recent call last):
+        SystemExit: 2
+    """
+    import yaml  # TRL reads --config with it
+
+    parsed: tuple | None = None
+    try:
+        try:
+            parsed = tuple(make_parser().parse_args_and_config())
+        except (ValueError, OSError, yaml.YAMLError) as error:  # the options themselves
+            raise ConfigError(str(error)) from error
+        return main(*parsed, **kwargs)
+    except GenerationError as error:
+        if checkpoint is None or parsed is None:
+            raise
+        from car_hf.generation.resume import failure_line
+
+        line = failure_line(script, error, checkpoint(parsed), shlex.join(["python", *sys.argv]))
+        status = EXIT_GENERATION_FAILED
+    except RECIPE_ERRORS as error:
+        line, status = " ".join(mask_secrets(f"{script}: error: {error}").split()), EXIT_USER_ERROR
+    print(line, file=sys.stderr)
+    raise SystemExit(status)

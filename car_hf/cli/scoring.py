@@ -38,6 +38,9 @@ def add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
                        help="adaptive: decide the leader (top1) or every adjacent pair (ranking)")
     group.add_argument("--checkpoint", help="adaptive: folder for per-round results; a rerun resumes from it")
     group.add_argument("--plot", action="store_true", help="also write ranking.png (iso-CAR picture) into --output-dir")
+    group.add_argument("--teacher-model", action="append", metavar="GENERATOR=MODEL",
+                       help="signal audit: the model (Hub id or folder) behind a generator, to compare its tokenizer "
+                            "with the student's (default: the provenance column, else the generator's name); repeat")
 
 
 def add_commands(commands: Any) -> None:
@@ -53,7 +56,13 @@ def add_commands(commands: Any) -> None:
     rank = commands.add_parser("rank", dataclass_types=[CARConfig],
                                help="rank generators by CAR (scores first if base_loss is missing)",
                                description="Leaderboard of generators by CAR with bootstrap intervals. Data "
-                                           "without a base_loss column is scored first with the scoring options.")
+                                           "without a base_loss column is scored first with the scoring options. "
+                                           "Several students (--base-model A --base-model B, or data holding "
+                                           "base_loss@<student> columns): the teachers × students matrix, with "
+                                           "paired intervals, each student's winner and the regret of the best "
+                                           "common teacher (matrix.md/.csv/.json, matrix_regret.csv; --plot: "
+                                           "matrix.png heatmap, matrix_iso_car.png); students the data lacks are "
+                                           "scored first, one at a time.")
     add_deprecated_flags(rank)
     add_data_arguments(rank)
     add_map_arguments(rank)
@@ -110,9 +119,8 @@ def _load(args: argparse.Namespace) -> datasets.Dataset:
 
 
 def _score(args: argparse.Namespace, ds: datasets.Dataset, scorer: CARScorer) -> datasets.Dataset:
-    from car_hf.core.data import map_scores
-
-    return map_scores(ds, scorer, batch_size=args.batch_size, num_proc=args.num_proc,
+    # One student: map_scores. Several: the rewards once, then one student at a time (CARScorer.map).
+    return scorer.map(ds, batch_size=args.batch_size, num_proc=args.num_proc,
                       desc=f"Scoring with {scorer.config.resolved_base_model}")
 
 
@@ -134,6 +142,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     from car_hf.ranking.adaptive import rank_adaptive
+    from car_hf.ranking.audit import audit_leaderboard, audit_markdown
     from car_hf.publishing.folders import ranking_markdown, write_ranking
     from car_hf.core.data import read_config
     from car_hf.ranking.leaderboard import rank_generators
@@ -142,9 +151,13 @@ def cmd_rank(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.plot and not args.output_dir:
         raise ConfigError("--plot writes ranking.png into --output-dir: pass --output-dir")
+    teachers = _teacher_models(args.teacher_model)
     ranking = dict(by=args.by, beta=config.beta, reward_transform=config.reward_transform,
                    confidence=args.confidence, seed=args.seed)
     ds = _load(args)
+    students = _students_to_rank(config, ds.column_names)
+    if students:  # several students: the teachers × students matrix
+        return _rank_matrix(args, config, ds, students, ranking)
     summary = None
     if "base_loss" in ds.column_names:  # already scored: --reward-column picks the reward
         table = rank_generators(ds, reward_column=config.reward_column or "reward", n_bootstrap=args.bootstrap,
@@ -164,13 +177,78 @@ def cmd_rank(args: argparse.Namespace) -> int:
             ds = _score(args, ds, scorer)
             table = rank_generators(ds, n_bootstrap=args.bootstrap, config=_ranking_record(scorer.scoring_config()),
                                     **ranking)
+    table = audit_leaderboard(table, ds, teachers=teachers)
     print(ranking_markdown(table))
+    print("\n" + audit_markdown(table))
     if summary:
         print("\n" + summary)
     if args.output_dir:
         written = write_ranking(args.output_dir, table, ds, examples=ds if args.plot else None)
         print(f"\nwrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _students_to_rank(config: CARConfig, columns: list[str]) -> list[str] | None:
+    """The students of a several-student ranking: ``--base-model`` given more than once, else (no ``--base-model``)
+    those of pre-scored data holding ``base_loss@<label>`` columns and no plain ``base_loss``; None for one student."""
+    from car_hf.core.students import students_in
+
+    if isinstance(config.base_model, list):
+        return list(config.base_model)
+    if config.base_model is None and "base_loss" not in columns and students_in(columns):
+        return students_in(columns)
+    return None
+
+
+def _rank_matrix(args: argparse.Namespace, config: CARConfig, ds: datasets.Dataset, students: list[str],
+                 ranking: Mapping[str, Any]) -> int:
+    """``car-hf rank --base-model A --base-model B``: score the students the data lacks (the others are reused),
+    then print and write the teachers × students matrix (:func:`car_hf.ranking.matrix.rank_matrix`)."""
+    from car_hf.core.data import read_config, save_data
+    from car_hf.core.students import student_column, student_labels
+    from car_hf.ranking.matrix import rank_matrix
+
+    if args.adaptive or args.max_examples is not None:
+        raise ConfigError("--adaptive and --max-examples rank for one student; with several --base-model drop them "
+                          "(or run `car-hf trial --base-model A --base-model B` to stop early for several students)")
+    labels = student_labels(students)
+    record, reward_column = _ranking_record(read_config(args.data)), config.reward_column or "reward"
+    if any(student_column("base_loss", label) not in ds.column_names for label in labels):
+        from car_hf.core.inputs import check_scoring_inputs, need_column
+        from car_hf.scoring.scorer import scorer_for_ranking
+
+        need_column(args.by, ds.column_names, "--by: the generator of each row")  # before any model loads
+        check_scoring_inputs(ds, config, fallback_reward_model=True)
+        scorer = scorer_for_ranking(config)
+        ds = _score(args, ds, scorer)
+        record, reward_column = _ranking_record(scorer.scoring_config()), "reward"
+    matrix = rank_matrix(ds, labels, reward_column=reward_column, n_bootstrap=args.bootstrap, config=record,
+                         **ranking)
+    print(matrix.markdown())
+    if args.output_dir:
+        out = Path(args.output_dir)
+        written = matrix.write(out)
+        if args.plot:
+            from car_hf.plots.matrix import plot_matrix_heatmap, plot_matrix_iso_car
+
+            plot_matrix_heatmap(matrix, path=out / "matrix.png")
+            plot_matrix_iso_car(matrix, path=out / "matrix_iso_car.png")
+            written += [out / "matrix.png", out / "matrix_iso_car.png"]
+        written.append(save_data(ds, str(out / "scored"), {**record, "beta": config.beta,
+                                                           "reward_transform": config.reward_transform}))
+        print(f"\nwrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _teacher_models(values: list[str] | None) -> dict[str, str]:
+    """``--teacher-model GENERATOR=MODEL`` values as a mapping (a value without both parts is a ConfigError)."""
+    pairs = {}
+    for value in values or ():
+        name, sep, model = value.partition("=")
+        if not (sep and name and model):
+            raise ConfigError(f"--teacher-model {value!r}: expected GENERATOR=MODEL, e.g. gemma-2b-it=google/gemma-2b")
+        pairs[name] = model
+    return pairs
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -210,6 +288,15 @@ def cmd_push(args: argparse.Namespace) -> int:
             folder = Path(shutil.copytree(folder, args.dry_run, ignore=skipped))
         result = hub.push_model(folder, args.repo_id, base_model=base_model, dataset_repo=args.dataset_repo,
                                 selection_summary=summary, dry_run=bool(args.dry_run), **common)
+    elif (folder / "matrix.json").exists() and not (folder / "leaderboard.csv").exists():  # several students
+        from car_hf.core.data import load_data, read_config
+        from car_hf.ranking.matrix import Matrix
+
+        plot = folder / "matrix.png"
+        result = hub.push_dataset(load_data(str(folder / "scored")), args.repo_id,
+                                  scoring_config=read_config(str(folder / "scored")), matrix=Matrix.read(folder),
+                                  plot=plot if plot.exists() else None, dry_run=args.dry_run, license=args.license,
+                                  **common)
     else:
         scored, table, plot = read_ranking(folder)
         result = hub.push_dataset(scored, args.repo_id, leaderboard=table, plot=plot, dry_run=args.dry_run,

@@ -125,12 +125,26 @@ def cmd_trial(args: argparse.Namespace) -> int:
                                    batch_size=args.batch_size, config={"teachers": [t.record() for t in teachers]})
     except GenerationError as error:
         return _generation_failed(args, error, checkpoint, retry_counts(generators) - before)
-    print(ranking_markdown(result.table))
+    matrix = None
+    if result.students:  # several students: the teachers × students matrix of the rows generated
+        from car_hf.ranking.matrix import rank_matrix
+
+        trial = result.table.attrs["car"]
+        matrix = rank_matrix(result.scored, result.students, beta=trial["beta"],
+                             reward_transform=trial["reward_transform"], confidence=args.confidence,
+                             n_bootstrap=args.bootstrap, seed=args.seed, config={"trial": trial["trial"]})
+    print(matrix.markdown() if matrix is not None else ranking_markdown(result.table))
     print("\n" + result.summary())
     retries = retry_summary(retry_counts(generators) - before)
     if retries:
         print(retries)
-    if args.output_dir:
+    if args.output_dir and matrix is not None:  # the folder `car-hf rank --base-model A --base-model B` writes
+        from car_hf.core.data import save_data
+
+        written = [*matrix.write(args.output_dir), save_data(result.scored, str(Path(args.output_dir) / "scored"),
+                                                             result.table.attrs["car"])]
+        print(f"\nwrote {', '.join(str(p) for p in written)}")
+    elif args.output_dir:
         written = write_ranking(args.output_dir, result.table, result.scored)
         print(f"\nwrote {', '.join(str(p) for p in written)}")
     return 0
@@ -211,7 +225,8 @@ def add_commands(commands: Any) -> None:
 
     trial = commands.add_parser(
         "trial", dataclass_types=[TeacherConfig, CARConfig], conflict_handler="resolve",
-        help="rank candidate teachers for a student, generating only the responses the ranking needs",
+        help="rank candidate teachers for a student (or several: repeat --base-model), generating only the "
+             "responses the ranking needs",
         description="Teachers answer instructions in seeded random rounds; the answers are scored under the "
                     "student (reward and base-model loss) and teachers out of contention stop being generated "
                     "for, until the best is decided at --confidence or --max-responses is spent.")
@@ -223,8 +238,9 @@ def add_commands(commands: Any) -> None:
                                                           "below apply to each")
     trial.add_argument("--teachers", help="YAML/JSON file: a list of teachers, each a mapping of TeacherConfig "
                                           "fields (teacher, system_prompt, teacher_name, ...)")
-    trial.add_argument("--target", choices=("top1", "ranking"), default="top1",
-                       help="decide the best teacher (top1, with elimination) or the whole order")
+    trial.add_argument("--target", choices=("top1", "ranking", "common"), default="top1",
+                       help="decide the best teacher (top1, with elimination; per student with several "
+                            "--base-model), the whole order, or one common teacher for every student")
     trial.add_argument("--confidence", type=float, default=0.95, help="confidence of the decision")
     trial.add_argument("--max-responses", type=int, help="generation budget, all teachers together")
     trial.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the rule and the table")

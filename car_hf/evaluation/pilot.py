@@ -70,6 +70,7 @@ from car_hf.evaluation.pilot_data import (
     training_rows,
 )
 from car_hf.evaluation.pilot_report import PilotReport, build_report, measure_label
+from car_hf.ranking.audit import audit_leaderboard
 from car_hf.ranking.leaderboard import rank_generators
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def run_pilot(pool: Any, heldout: Any, training_args: Any, model_args: Any, eval
     pool = scored_pool(pool)
     table = rank_generators(pool, by=by, beta=beta, reward_transform=reward_transform, reward_column=reward_column,
                             n_bootstrap=evaluation.n_bootstrap, seed=evaluation.seed)
+    table = audit_leaderboard(table, pool, student=model_args.model_name_or_path)  # the report shows its warnings
     chosen = choose_teachers(table, teachers, by=by)
     shared = training_rows(pool, [t for t, _ in chosen], n_instructions, by=by)
     layout = detect_layout(pool.column_names)
@@ -302,8 +304,10 @@ def average_seeds(evaluations: Mapping[int, StudentEvaluation], config: Evaluati
     if len(evaluations) == 1:
         return next(iter(evaluations.values()))
     first = next(iter(evaluations.values()))
-    items = first.items[[c for c in columns if c in first.items.columns]].copy()
-    averaged = [c for c in (*MEASURES.values(), "length_difference") if c in first.items.columns]
+    kept = [*columns, "harness_task", "harness_doc_id", "harness_prompt", "harness_target"]  # harness items' keys
+    items = first.items[[c for c in dict.fromkeys(kept) if c in first.items.columns]].copy()
+    averaged = [c for c in (*MEASURES.values(), "length_difference", "harness_score", "harness")
+                if c in first.items.columns]
     for column in ("response", *averaged):
         for seed, evaluation in evaluations.items():
             items[f"{column}_seed{seed}"] = evaluation.items[column].to_numpy()
@@ -311,7 +315,7 @@ def average_seeds(evaluations: Mapping[int, StudentEvaluation], config: Evaluati
         items[column] = np.mean([e.items[column].to_numpy(float) for e in evaluations.values()], axis=0)
     if "empty_answer" in first.items.columns:  # per item: how many seeds' students answered nothing
         items["empty_answer"] = np.sum([e.items["empty_answer"].to_numpy(int) for e in evaluations.values()], axis=0)
-    return StudentEvaluation(first.name, items, summarize(items, config))
+    return StudentEvaluation(first.name, items, summarize(items, config, first.summary))
 
 
 def _train(cache: ScoreCache, part: str, records: Any, tokenizer: Any, student: str, training_args: Any,

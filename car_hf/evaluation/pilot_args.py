@@ -32,8 +32,8 @@ class PilotArguments:
     beta: float = field(default=1.0, metadata={"help": "CAR's beta for the prediction."})
     reward_transform: str = field(default="raise", metadata={"help": "CAR's reward transform (car_hf.core.car)."})
     measure: str | None = field(
-        default=None, metadata={"help": "Realized measure: accuracy | reward | win_rate | lc_win_rate (default: "
-                                        "the first the scorers give)."})
+        default=None, metadata={"help": "Realized measure: accuracy | reward | win_rate | lc_win_rate | harness | "
+                                        "harness:<task> (default: the first the scorers give)."})
     measure_name: str | None = field(
         default=None, metadata={"help": "The measure's name in the report (default: 'accuracy' for a metric or a "
                                         "0/1 reward function, else the measure)."})

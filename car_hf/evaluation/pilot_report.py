@@ -67,6 +67,7 @@ class PilotReport:
     evaluations: dict[str, StudentEvaluation] = field(default_factory=dict, repr=False)
     label: str | None = None  # the measure's name in the text (default: measure)
     partial: str | None = None  # why the report is not final yet
+    audit: dict[str, Any] = field(default_factory=dict)  # the pool leaderboard's signal audit (car_hf.ranking.audit)
 
     @property
     def name(self) -> str:
@@ -97,7 +98,7 @@ class PilotReport:
                             + [h for _, h in signals] + [f"realized {m} [CI]"]
                             + (["per seed"] if seeds else []) + ["vs. untuned"], rows), "",
                   f"Untuned student: {b['mean']:.3f} [{b['low']:.3f}, {b['high']:.3f}] (n={b['n']}).", "",
-                  _empty_note(self), ""]
+                  _empty_note(self), ""] + _harness_note(self)
         if self.paired:
             p = self.paired
             lines += [f"Top two ({p['first']} vs. {p['second']}, {p['test']}): difference {p['difference']:+.3f} "
@@ -116,6 +117,10 @@ class PilotReport:
             lines += [f"**Warning:** ρ over {n} teachers means little: it takes few values, and a random order of "
                       f"{n} teachers gives ρ = 1 once in {math.factorial(n)}. Compare more teachers (or read the "
                       "paired test) before trusting it.", ""]
+        if self.audit:
+            from car_hf.ranking.audit import audit_markdown
+
+            lines += ["### Signal audit of the pool's leaderboard", "", audit_markdown(self.audit, title=None), ""]
         lines += [f"Fitted β: {_beta(self.beta.get('fitted'))} (ρ = {text(_round(self.beta.get('rho')))})"
                   + (f"; {self.beta['note']}" if self.beta.get("note") else "") + ".", "",
                   f"Cost: {total['compute_seconds']} s of training and evaluation on {total['device']} "
@@ -128,7 +133,7 @@ class PilotReport:
                       "teachers": self.teachers.to_dict("records"),
                       "baseline": self.baseline, "paired": self.paired,
                       "spearman": self.spearman.to_dict("records"), "beta": self.beta, "budget": self.budget,
-                      "cost": self.cost})
+                      "cost": self.cost, "audit": self.audit})
 
     def save(self, output_dir: str | Path) -> Path:
         """Write the report files (see the module docstring) into ``output_dir``; returns it."""
@@ -162,6 +167,19 @@ def _p_text(p: float, n_resamples: int | None = None) -> str:
     if p == 0 and n_resamples:
         return f"< 1/{n_resamples}"
     return f"= {p:.3g}"
+
+
+def _harness_note(report: PilotReport) -> list[str]:
+    """For a harness measure: the tasks, each one's primary metric, and the rule that combines them."""
+    from car_hf.evaluation.harness import RULE, TASK_PREFIX, is_harness
+
+    if not is_harness(report.measure) or not report.evaluations:
+        return []
+    summary = next(iter(report.evaluations.values())).summary
+    tasks = [f"`{k[len(TASK_PREFIX):]}` ({v.get('metric')}, filter {v.get('filter')}, {v.get('n')} items)"
+             for k, v in summary.items() if k.startswith(TASK_PREFIX)]
+    return [f"Realized `{report.measure}` by lm-evaluation-harness over {', '.join(tasks)}"
+            + (f"; `harness` is the {RULE}." if report.measure == "harness" else "."), ""]
 
 
 def _empty_note(report: PilotReport) -> str:
@@ -303,7 +321,9 @@ def build_report(table_: pd.DataFrame, chosen: Sequence[tuple[str, str]], result
     sub.attrs = table_.attrs
     realized = {t: results[t].summary[measure] for t in names}
     base = results[baseline].summary[measure]
-    columns = [c for c in (*SIGNALS, "car_low", "car_high") if c in sub.columns]
+    from car_hf.ranking.audit import AUDIT_COLUMNS
+
+    columns = [c for c in (*SIGNALS, "car_low", "car_high", *AUDIT_COLUMNS) if c in sub.columns]
     teachers = sub[[by, *columns]].rename(columns={by: "teacher"}).assign(
         chosen_because=[dict(chosen)[t] for t in sub[by]],
         realized=[realized[t]["mean"] for t in sub[by]], realized_low=[realized[t]["low"] for t in sub[by]],
@@ -351,4 +371,5 @@ def build_report(table_: pd.DataFrame, chosen: Sequence[tuple[str, str]], result
     else:
         beta |= {"fitted": None, "rho": None, "note": "every student realized the same value: there is no ranking "
                                                       "to fit β to"}
-    return PilotReport(measure, teachers, base, paired, spearman, beta, budget, cost, dict(results), label, partial)
+    return PilotReport(measure, teachers, base, paired, spearman, beta, budget, cost, dict(results), label, partial,
+                       audit=table_.attrs.get("car", {}).get("audit") or {})

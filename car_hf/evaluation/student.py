@@ -2,7 +2,7 @@
 
 :func:`evaluate_student` generates with car_hf's generation engine (:func:`car_hf.generation.generate.add_responses`; greedy
 by default) from a model folder, a Hub id, a loaded ``(model, tokenizer)`` pair or a LoRA adapter folder (merged
-into its base), and scores every answer with any of three scorers (:class:`EvaluationConfig`):
+into its base), and scores every answer with any of these scorers (:class:`EvaluationConfig`):
 
 * ``reward``: a reward model or reward function (:func:`car_hf.add_reward`) → per item ``reward``;
 * ``metric``: reference answers through an ``evaluate`` metric after an answer extractor (default: car_hf's
@@ -11,6 +11,8 @@ into its base), and scores every answer with any of three scorers (:class:`Evalu
   i.e. ``huggingface_hub.InferenceClient``), pairwise against the ``reference_column`` outputs → per item
   ``judge_win`` (1: the student's answer preferred, 0: the reference's, NaN: the verdict was unreadable). The
   student's answer is shown first or second at random (seeded) to cancel the judge's position bias.
+* ``harness``: lm-evaluation-harness tasks on the same in-memory student (:mod:`car_hf.evaluation.harness`) →
+  per harness item ``harness_score``, after the held-out items; measures ``harness`` and ``harness:<task>``.
 
 An empty answer is a wrong one: it scores 0 under every scorer (the metric, a reward model or function, the
 judge), never NaN, so a student that answers nothing is not scored as if those items did not exist; the summary
@@ -115,18 +117,37 @@ class EvaluationConfig:
     confidence: float = 0.95
     seed: int = 0
     batch_rows: int = 16  # held-out rows per generation call (transformers engine): the unit of progress
+    harness_tasks: list[str] | None = None  # lm-evaluation-harness tasks (car_hf.evaluation.harness)
+    harness_include_path: str | None = None  # a folder of local harness task YAML files
+    harness_chat_template: bool = True  # harness prompts in the student's chat template, as car_hf generates
 
-    def measures(self) -> list[str]:
-        """The summary measures these scorers give, the first being the default one to rank students by."""
+    def scorers(self) -> list[str]:
+        """The measures of car_hf's own scorers (over the held-out set's answers)."""
         return ([m for m, on in (("accuracy", self.metric), ("reward", self.reward is not None)) if on]
                 + (["win_rate", "lc_win_rate"] if self.judge else []))
 
+    def measures(self) -> list[str]:
+        """The summary measures these scorers give, the first being the default one to rank students by: car_hf's
+        own, then ``harness`` and ``harness:<task>`` per task (the leaf tasks once :meth:`check` resolved them)."""
+        leaves = getattr(self, "_harness_leaves", None) or self.harness_tasks or []
+        return self.scorers() + (["harness", *(f"harness:{t}" for t in leaves)] if self.harness_tasks else [])
+
     def check(self, heldout: Any) -> None:
-        """Refuse an empty held-out set, no scorer, or a scorer whose reference column is missing."""
+        """Refuse an empty held-out set, no scorer, a scorer whose reference column is missing, or harness tasks
+        that cannot run (:func:`car_hf.evaluation.harness.resolve_tasks`)."""
+        if self.harness_tasks:
+            from car_hf.evaluation.harness import resolve_tasks
+
+            if self.generation.engine == "openai" or self.generation.base_url:
+                raise ConfigError("harness tasks run on the student's weights: evaluate it with the transformers "
+                                  "or vllm engine, not an OpenAI-compatible endpoint")
+            self._harness_leaves = [t.name for t in resolve_tasks(self.harness_tasks, self.harness_include_path)]
+        if not self.measures():
+            raise ConfigError("no scorer: set a reward (model or function), a metric, a judge, or harness tasks")
+        if not self.scorers():
+            return  # harness tasks alone: the held-out set is not answered
         if heldout is None or len(heldout) == 0:
             raise InputError("the held-out set is empty: evaluation needs held-out instructions")
-        if not self.measures():
-            raise ConfigError("no scorer: set a reward (model or function), a metric, or a judge")
         columns = list(heldout.column_names)
         for needed, column in ((self.metric, self.answer_column), (self.judge, getattr(self.judge, "reference_column",
                                                                                      None))):
@@ -138,12 +159,33 @@ class EvaluationConfig:
         """What evaluation results depend on, for :mod:`car_hf.core.cache` keys: a reward function by a hash of its
         source (:meth:`car_hf.scoring.reward.RewardFunctionScorer.cache_identity`), so editing a grader re-evaluates; a
         reward model by its fingerprint."""
-        extractor = self.extractor if isinstance(self.extractor, (str, type(None))) else \
-            f"{self.extractor.__module__}.{self.extractor.__qualname__}"
-        return {"generation": self.generation.cache_key(), "reward": self._reward_identity(), "metric": self.metric,
-                "answer_column": self.answer_column, "metric_key": self.metric_key, "extractor": extractor,
+        from car_hf.evaluation.harness import harness_identity
+
+        return {"generation": self.generation.cache_key(), "reward": self._reward_identity(), "metric": self._metric_identity(),
+                "answer_column": self.answer_column, "metric_key": self.metric_key, "extractor": self._extractor_identity(),
                 "judge": vars(self.judge) if self.judge else None, "n_bootstrap": self.n_bootstrap,
-                "confidence": self.confidence, "seed": self.seed}
+                "confidence": self.confidence, "seed": self.seed} | (
+            {"harness": harness_identity(self)} if self.harness_tasks else {})
+
+    def _extractor_identity(self) -> Any:
+        """By name and source hash (an edited extractor re-evaluates)."""
+        if self.extractor is None:
+            return None
+        from car_hf.core.cache import code_digest
+        from car_hf.core.config import import_object
+
+        function = import_object(self.extractor, "extractor") if isinstance(self.extractor, str) else self.extractor
+        return {"name": self.extractor if isinstance(self.extractor, str) else
+                f"{function.__module__}.{function.__qualname__}", "source": code_digest(function)}
+
+    def _metric_identity(self) -> Any:
+        """A metric by name, and a local metric script or folder also by its files' contents."""
+        if self.metric is None or not Path(self.metric).exists():
+            return self.metric
+        from car_hf.core.cache import file_digests
+
+        path = Path(self.metric)
+        return {"name": self.metric, "files": file_digests(path) if path.is_dir() else file_digests(path.parent)}
 
     def _reward_identity(self) -> Any:
         if self.reward is None:
@@ -175,6 +217,13 @@ class EvaluationArguments:
     eval_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and of the judge's order."})
     batch_rows: int = field(default=16, metadata={"help": "Held-out rows per generation call (transformers engine), "
                                                           "length-sorted: the unit of progress."})
+    harness_tasks: list[str] | None = field(
+        default=None, metadata={"help": "lm-evaluation-harness tasks run on the student in memory (measure "
+                                        "'harness': the mean of per-task primary metrics; 'harness:<task>')."})
+    harness_include_path: str | None = field(
+        default=None, metadata={"help": "A folder of local harness task YAML files (as lm_eval --include_path)."})
+    harness_chat_template: bool = field(
+        default=True, metadata={"help": "Harness prompts in the student's chat template (false: the raw task text)."})
 
     def config(self, generation: TeacherConfig) -> EvaluationConfig:
         if bool(self.judge_base_url) != bool(self.judge_model):
@@ -184,7 +233,9 @@ class EvaluationArguments:
         metric = ANSWER_MATCH if self.metric == "answer_match" else self.metric
         extractor = None if self.extractor in (None, "none") else self.extractor
         return EvaluationConfig(generation, self.reward, metric, self.answer_column, self.metric_key, extractor,
-                                judge, self.n_bootstrap, self.confidence, self.eval_seed, self.batch_rows)
+                                judge, self.n_bootstrap, self.confidence, self.eval_seed, self.batch_rows,
+                                harness_tasks=self.harness_tasks, harness_include_path=self.harness_include_path,
+                                harness_chat_template=self.harness_chat_template)
 
 
 @dataclass
@@ -196,11 +247,14 @@ class StudentEvaluation:
     summary: dict[str, dict[str, Any]]
 
     def scores(self, measure: str) -> np.ndarray:
-        """Per-item values of a measure (``lc_win_rate`` pairs by the judge's per-item verdicts)."""
-        column = MEASURES.get(measure.replace("lc_", ""))
-        if column not in self.items.columns:
-            raise KeyError(f"measure {measure!r} was not evaluated; evaluated: {sorted(self.summary)}")
-        return self.items[column].to_numpy(dtype=float)
+        """Per-item values of a measure (``lc_win_rate`` pairs by the judge's per-item verdicts): a harness measure
+        over its harness items, the others over the held-out items."""
+        from car_hf.evaluation.harness import measure_values
+
+        try:
+            return measure_values(self.items, measure, MEASURES.get(measure.replace("lc_", "")))
+        except KeyError:
+            raise KeyError(f"measure {measure!r} was not evaluated; evaluated: {sorted(self.summary)}") from None
 
 
 # ------------------------------------------------------------------------------------------------ scorers
@@ -246,10 +300,14 @@ def load_student(model: Any, dtype: str | None = None) -> Any:
 
 
 def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None = None, *,
-                     name: str | None = None, merge_dtype: str | None = None) -> StudentEvaluation:
+                     name: str | None = None, merge_dtype: str | None = None,
+                     harness_tasks: Sequence[str] | None = None,
+                     harness_include_path: str | None = None) -> StudentEvaluation:
     """Generate ``model``'s answers to ``heldout`` (a Dataset with an instruction/prompt/messages column) and score
     them with ``config``'s scorers (an empty answer scores 0; see the module docstring). ``merge_dtype``: the
-    dtype a LoRA adapter's base is merged in (:func:`load_student`).
+    dtype a LoRA adapter's base is merged in (:func:`load_student`). ``harness_tasks`` (and
+    ``harness_include_path``, a folder of local YAML tasks) set the config's: lm-evaluation-harness runs on the
+    student the engine holds (:mod:`car_hf.evaluation.harness`), its items after the held-out ones in ``items``.
 
     Example (needs a model; see tests/test_evaluation.py):
         >>> from car_hf.generation.tasks import ANSWER_MATCH, make_tasks
@@ -258,20 +316,36 @@ def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None =
         >>> result.summary["accuracy"]  # doctest: +SKIP
         {'mean': 0.35, 'low': 0.15, 'high': 0.55, 'n': 20}
     """
-    from car_hf.core.formats import is_empty
-    from car_hf.generation.generate import add_responses, clear_engine_cache
     from car_hf.core.models import clear_model_cache
+    from car_hf.evaluation.harness import run_on_generator
+    from car_hf.generation.generate import add_responses, clear_engine_cache
 
     config = config or EvaluationConfig()
+    if harness_tasks is not None or harness_include_path is not None:
+        config = dataclasses.replace(config, harness_tasks=list(harness_tasks or config.harness_tasks or []),
+                                     harness_include_path=harness_include_path or config.harness_include_path)
     config.check(heldout)
     name = name or (str(model) if isinstance(model, (str, os.PathLike)) else "student")
     generation = dataclasses.replace(config.generation, generation_column="response", teacher_name=name)
+    generator, answered, harness = add_responses(load_student(model, merge_dtype), config=generation), None, None
     try:
-        answered = _answer(add_responses(load_student(model, merge_dtype), config=generation), heldout,
-                           config.batch_rows, name)
+        if config.scorers():
+            answered = _answer(generator, heldout, config.batch_rows, name)
+        if config.harness_tasks:
+            harness = run_on_generator(generator, config)
     finally:
         clear_engine_cache()  # students are evaluated one after another: free this one's engine (and GPUs)
         clear_model_cache()
+    items = _score(answered, config) if answered is not None else pd.DataFrame({"empty_answer": []}, dtype=bool)
+    if harness is not None:
+        items = pd.concat([items, harness[0].assign(empty_answer=False)], ignore_index=True)
+    return StudentEvaluation(name, items, summarize(items, config, harness[1] if harness else None))
+
+
+def _score(answered: Any, config: EvaluationConfig) -> pd.DataFrame:
+    """The held-out items with car_hf's scorers' per-item values (an empty answer scores 0)."""
+    from car_hf.core.formats import is_empty
+
     items = answered.select_columns([c for c in answered.column_names if not c.endswith("_provenance")]).to_pandas()
     texts = items["response"].fillna("").tolist()
     empty = np.array([is_empty(t) for t in texts], dtype=bool)
@@ -293,7 +367,7 @@ def evaluate_student(model: Any, heldout: Any, config: EvaluationConfig | None =
         if column in items.columns:
             items.loc[empty, column] = 0.0
     items["empty_answer"] = empty
-    return StudentEvaluation(name, items, summarize(items, config))
+    return items
 
 
 def _answer(generator: Any, heldout: Any, batch_rows: int, name: str) -> Any:
@@ -331,13 +405,18 @@ def _prompt_column(ds: Any) -> str:
     return input_column(ds.column_names, TeacherConfig())
 
 
-def summarize(items: pd.DataFrame, config: EvaluationConfig) -> dict[str, dict[str, Any]]:
-    """Per measure: the mean over items with its bootstrap interval (see the module docstring)."""
+def summarize(items: pd.DataFrame, config: EvaluationConfig,
+              harness: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Per measure: the mean over items with its bootstrap interval (see the module docstring); ``harness``: the
+    harness tasks' descriptions (:func:`car_hf.evaluation.harness.summarize_harness`)."""
+    from car_hf.evaluation.harness import harness_rows, summarize_harness
+
     boot = {"n_bootstrap": config.n_bootstrap, "confidence": config.confidence, "seed": config.seed}
-    n_empty = int(items["empty_answer"].sum()) if "empty_answer" in items.columns else 0
-    summary = {m: bootstrap_interval(items[c], **boot) | {"n_empty": n_empty} for m, c in MEASURES.items()
-               if c in items.columns}
-    if "judge_win" in items.columns:
-        summary["lc_win_rate"] = lc_summary(items["judge_win"].to_numpy(float),
-                                            items["length_difference"].to_numpy(float), **boot)
-    return summary
+    own = items[~harness_rows(items)]
+    n_empty = int(own["empty_answer"].sum()) if "empty_answer" in own.columns else 0
+    summary = {m: bootstrap_interval(own[c], **boot) | {"n_empty": n_empty} for m, c in MEASURES.items()
+               if c in own.columns}
+    if "judge_win" in own.columns:
+        summary["lc_win_rate"] = lc_summary(own["judge_win"].to_numpy(float),
+                                            own["length_difference"].to_numpy(float), **boot)
+    return summary | summarize_harness(items, harness or {}, boot, bootstrap_interval)

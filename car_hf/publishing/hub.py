@@ -67,6 +67,12 @@ from car_hf.publishing.cards import (  # re-exported: car_hf.publishing.hub was 
     write_model_card,
 )
 from car_hf.core.errors import ConfigError, HubAuthError, PublishError
+from car_hf.publishing.eval_results import (
+    evaluation_section,
+    model_index_results,
+    read_evaluation_record,
+    write_eval_results,
+)
 
 __all__ = [
     "CARD_BEGIN",
@@ -352,8 +358,13 @@ def push_model(
     dry_run: bool = False,
     license: str | None = None,
     max_retries: int = 3,
+    evaluation: Mapping[str, Any] | None = None,
 ) -> str | Path:
     """Write the model card into ``folder`` and upload the folder in one commit.
+
+    The student's evaluation (``evaluation``, default the record ``recipes/evaluate_student.py`` left in the
+    folder) goes into the card's ``model-index`` and, for harness tasks over Hub benchmarks, into
+    ``.eval_results/<task>.yaml`` (:mod:`car_hf.publishing.eval_results`).
 
     The card is written by :func:`~car_hf.publishing.cards.write_model_card` (the one model-card writer; see it
     for how a card the trainer wrote is merged, not replaced). Uploaded: every file except
@@ -368,8 +379,13 @@ def push_model(
     """
     check_repo_id(repo_id)
     folder = Path(folder)
+    evaluation = evaluation or read_evaluation_record(folder)
     write_model_card(folder, base_model=base_model, dataset_repo=dataset_repo, selection=selection_summary,
-                     hyperparameters=hyperparameters, scoring=scoring, license=license, repo_id=repo_id)
+                     hyperparameters=hyperparameters, scoring=scoring, license=license, repo_id=repo_id,
+                     eval_results=model_index_results(evaluation) if evaluation else None,
+                     evaluation_section=evaluation_section(evaluation) if evaluation else None)
+    if evaluation:
+        write_eval_results(folder, evaluation, repo_id)
     if dry_run:
         return folder
     note = f"The model folder {folder} is unchanged apart from its README.md (the card); re-run push_model to retry."

@@ -73,6 +73,7 @@ def rank_adaptive(
     checkpoint: str | os.PathLike | None = None,
     config: Mapping[str, Any] | None = None,
     teachers: Sequence[Any] | None = None,
+    students: Any = None,
 ) -> AdaptiveResult:
     """Rank generators while scoring as few rows as the requested confidence allows.
 
@@ -104,7 +105,7 @@ def rank_adaptive(
         config: extra entries for ``table.attrs["car"]`` (default: ``scorer.scoring_config()`` when present).
         teachers: candidate teachers instead of existing responses: ``dataset`` holds instructions only, and the
             teachers answer them round by round, as few as the rule needs (:func:`car_hf.ranking.trial.rank_teachers`;
-            ``max_examples`` then budgets the responses generated).
+            ``max_examples`` then budgets the responses generated); ``students``: several students, as there.
 
     Returns:
         :class:`AdaptiveResult` (:class:`~car_hf.ranking.trial.TrialResult` with ``teachers``).
@@ -118,8 +119,11 @@ def rank_adaptive(
                              reward_transform=reward_transform, correction=correction,
                              max_responses=max_examples, min_instructions=min_instructions, round_size=round_size,
                              round_growth=round_growth, n_bootstrap=n_bootstrap, seed=seed, checkpoint=checkpoint,
-                             batch_size=batch_size, config=dict(config) if config else None)
+                             batch_size=batch_size, config=dict(config) if config else None, students=students)
 
+    if students is not None:
+        raise ValueError("students= runs a trial for several students: pass teachers= too (scored data with several "
+                         "students: car_hf.ranking.matrix.rank_matrix)")
     if isinstance(dataset, pd.DataFrame):
         dataset = datasets.Dataset.from_pandas(dataset, preserve_index=False)
     if target not in TARGETS:

@@ -77,15 +77,29 @@ def build_cells(groups: Sequence[Any], clusters: Sequence[Any], rewards: np.ndar
     return cells
 
 
-def bootstrap_car(cells: Cells, beta: float, n_bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bootstrap_weights(n_clusters: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """The instruction resamples of the paired bootstrap: [B, I] counts, row b = how often each instruction is
+    drawn in resample b (with replacement, I draws). The one place car_hf draws them: :func:`bootstrap_car` and
+    the teachers × students matrix (:mod:`car_hf.ranking.matrix`, the same draws for every student) use it.
+
+    Example:
+        >>> bootstrap_weights(3, 2, seed=0).sum(axis=1).tolist()
+        [3.0, 3.0]
+    """
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_bootstrap).astype(float)
+
+
+def bootstrap_car(cells: Cells, beta: float, n_bootstrap: int, seed: int,
+                  weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CAR, mean reward and mean loss per generator over ``n_bootstrap`` resamples of instructions.
 
     Instructions are resampled with replacement and every generator is evaluated on the same
-    resample (paired), since all generators answer the same instructions. Returns three [B, G] arrays.
+    resample (paired), since all generators answer the same instructions. ``weights`` (from
+    :func:`bootstrap_weights`) reuses given resamples instead of drawing them. Returns three [B, G] arrays.
     """
-    rng = np.random.default_rng(seed)
-    n_clusters = cells.count.shape[1]
-    weights = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_bootstrap).astype(float)
+    if weights is None:
+        weights = bootstrap_weights(cells.count.shape[1], n_bootstrap, seed)
     reward, loss = cells.means(weights)
     return reward / (1.0 + beta * loss), reward, loss
 

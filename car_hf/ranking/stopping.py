@@ -38,7 +38,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -232,19 +232,124 @@ def eliminate(
         >>> out.leader, [e["generator"] for e in out.eliminated]
         ('a', ['b', 'c'])
     """
-    index = {g: k for k, g in enumerate(cells.groups)}
-    rows = np.array([index[g] for g in active], dtype=int)
-    common = np.flatnonzero((cells.count[rows] > 0).all(axis=0))
-    sub = subset_cells(Cells([cells.groups[r] for r in rows], cells.reward[rows], cells.loss[rows],
-                             cells.count[rows]), common)
-    car = point_car(sub, beta) if common.size else np.full(len(rows), np.nan)
+    leader, p, n_used = _contest([cells], active, beta=beta, min_instructions=min_instructions,
+                                 n_bootstrap=n_bootstrap, seed=seed)
+    return Elimination(leader, [{"generator": g, "p_leader_wins": v} for g, v in p.items() if v >= level], p, n_used)
+
+
+def common_car(car: np.ndarray) -> np.ndarray:
+    """The best-common-teacher score of each teacher from per-student CARs ``car`` [S, ..., G]: the mean over the
+    students of CAR / that student's best CAR among the G teachers (higher is better), the rule ``"mean"`` of
+    :func:`car_hf.ranking.matrix.rank_matrix` (smallest mean relative regret; CAR's scale differs by student).
+
+    >>> common_car(np.array([[0.4, 0.2, 0.3], [0.1, 0.4, 0.3]])).round(3).tolist()
+    [0.625, 0.75, 0.75]
+    """
+    car = np.asarray(car, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.mean(car / np.nanmax(np.where(np.isnan(car), -np.inf, car), axis=-1, keepdims=True), axis=0)
+
+
+def _contest(cells: Sequence[Cells], active: Sequence[Any], *, beta: float, min_instructions: int,
+             n_bootstrap: int, seed: int) -> tuple[Any, dict[Any, float], int]:
+    """The leader among ``active`` (by CAR with one student's cells, by :func:`common_car` with several), the
+    probability it beats each other one, and the instructions used: those every active teacher answered with a
+    finite score under every student. One seed and one set of instructions give every student the same resamples,
+    so the comparison stays paired."""
+    subs = []
+    for one in cells:
+        index = {g: k for k, g in enumerate(one.groups)}
+        rows = np.array([index[g] for g in active], dtype=int)
+        subs.append(Cells(list(active), one.reward[rows], one.loss[rows], one.count[rows]))
+    common = np.flatnonzero(np.all([(sub.count > 0).all(axis=0) for sub in subs], axis=0))
+    subs = [subset_cells(sub, common) for sub in subs]
+    score = (lambda cars: cars[0] if len(cars) == 1 else common_car(np.stack(cars)))  # noqa: E731
+    car = score([point_car(sub, beta) for sub in subs]) if common.size else np.full(len(active), np.nan)
     lead = int(np.argmax(np.where(np.isnan(car), -np.inf, car)))
-    if common.size < max(min_instructions, 1) or len(rows) < 2:
-        return Elimination(sub.groups[lead], [], {}, int(common.size))
-    wins = pairwise_win_probability(bootstrap_car(sub, beta, n_bootstrap, seed)[0])
-    p = {sub.groups[k]: float(wins[lead, k]) for k in range(len(rows)) if k != lead}
-    out = [{"generator": g, "p_leader_wins": v} for g, v in p.items() if v >= level]
-    return Elimination(sub.groups[lead], out, p, int(common.size))
+    if common.size < max(min_instructions, 1) or len(active) < 2:
+        return active[lead], {}, int(common.size)
+    wins = pairwise_win_probability(score([bootstrap_car(sub, beta, n_bootstrap, seed)[0] for sub in subs]))
+    return active[lead], {active[k]: float(wins[lead, k]) for k in range(len(active)) if k != lead}, int(common.size)
+
+
+STUDENT_TARGETS = ("top1", "common")
+
+
+@dataclass
+class StudentsElimination:
+    """What :func:`eliminate_students` concluded on one look of a trial for several students."""
+
+    contending: dict[Any, list[Any]]  # per student, the teachers still in contention after this look
+    leaders: dict[Any, Any]  # per student, the leader among its contenders (target "common": the common leader)
+    eliminated: list[dict[str, Any]]  # newly out: {"generator", "student", "p_leader_wins"} (student None: common)
+    generating: list[Any]  # in contention for a student still undecided: what is still generated for
+    n_instructions: dict[Any, int]  # per student, the instructions its comparisons used
+
+    @property
+    def settled(self) -> bool:
+        """Every student is down to one contender: the trial is decided."""
+        return all(len(c) <= 1 for c in self.contending.values())
+
+
+def eliminate_students(
+    cells: Mapping[Any, Cells],
+    contending: Mapping[Any, Sequence[Any]],
+    *,
+    beta: float,
+    level: float,
+    target: str = "top1",
+    min_instructions: int = DEFAULT_MIN_INSTRUCTIONS,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    seed: int = 0,
+) -> StudentsElimination:
+    """Successive elimination for several students that share the teachers' responses.
+
+    ``cells``: each student's cells, built from the same rows (one loss column per student); ``contending``: the
+    teachers still in contention for each student, in the teachers' order.
+
+    * ``target="top1"``: each student's own :func:`eliminate` among its contenders — exactly the rule of a trial for
+      that student alone (same instructions, order, level and bootstrap). A teacher out for one student is still
+      generated for while it contends for another student whose contest is undecided, and dropped
+      (``generating``) only when that holds for no student (a decided student's winner needs no more responses
+      for it: its own trial would have stopped).
+    * ``target="common"``: one contest for the best common teacher (:func:`common_car`): a teacher the common leader
+      beats with probability >= ``level`` is out for every student at once.
+
+    Example:
+        >>> scores = {"generator": ["a", "b", "c"] * 25, "instruction_id": [i for i in range(25) for _ in "abc"],
+        ...           "reward": [0.9, 0.88, 0.2] * 25, "loss_s": [2.0, 9.0, 2.0] * 25, "loss_t": [9.0, 2.0, 2.0] * 25}
+        >>> cells = {s: instruction_cells(scores, loss_column=f"loss_{s}") for s in "st"}
+        >>> out = eliminate_students(cells, {"s": ["a", "b", "c"], "t": ["a", "b", "c"]}, beta=1.0, level=0.975,
+        ...                          n_bootstrap=200)
+        >>> out.contending, out.settled, [(e["generator"], e["student"]) for e in out.eliminated]
+        ({'s': ['a'], 't': ['b']}, True, [('b', 's'), ('c', 's'), ('a', 't'), ('c', 't')])
+    """
+    if target not in STUDENT_TARGETS:
+        raise ValueError(f"target must be one of {STUDENT_TARGETS}, got {target!r}")
+    if not cells or set(cells) != set(contending):
+        raise ValueError(f"cells and contending must name the same students, got {list(cells)}, {list(contending)}")
+    if len({c.count.shape[1] for c in cells.values()}) != 1:
+        raise ValueError("every student's cells must cover the same instructions (build them from the same rows)")
+    options = {"beta": beta, "min_instructions": min_instructions, "n_bootstrap": n_bootstrap, "seed": seed}
+    kept = {s: list(c) for s, c in contending.items()}
+    leaders, out, used = {}, [], {}
+    contests = kept.items() if target == "top1" else [(None, list(dict.fromkeys(t for c in kept.values() for t in c)))]
+    for student, teachers in contests:
+        if len(teachers) < 2:
+            leaders[student], used[student] = (teachers[0] if teachers else None), 0
+            continue
+        leader, p, used[student] = _contest([cells[student]] if student is not None else list(cells.values()),
+                                            teachers, **options)
+        leaders[student] = leader
+        out += [{"generator": g, "student": student, "p_leader_wins": v} for g, v in p.items() if v >= level]
+    for student in kept:  # the common target's one contest decides for every student
+        gone = {e["generator"] for e in out if e["student"] in (student, None)}
+        kept[student] = [t for t in kept[student] if t not in gone]
+    if target == "common":
+        leaders, used = dict.fromkeys(kept, leaders[None]), dict.fromkeys(kept, used[None])
+    order = list(dict.fromkeys(t for c in contending.values() for t in c))
+    generating = [t for t in order if any(t in c for c in kept.values() if len(c) > 1)]
+    return StudentsElimination(kept, leaders, out, generating, used)
 
 
 def instruction_order(n_instructions: int, seed: int) -> np.ndarray:

@@ -13,10 +13,16 @@ instructions (:func:`car_hf.generation.generate.add_responses`), the answers are
 * ``target="ranking"``: every teacher answers every drawn instruction, and the trial stops when every adjacent
   pair of the ranking is decided (:func:`car_hf.ranking.stopping.stop_decision`).
 
+Several students (``students=[...]``, or ``add_car(base_model=[s1, s2])``): each response is generated once and
+scored under every student (``reward`` once, ``base_loss@<label>`` each). ``target="top1"``: each student's own
+elimination, the rule of a trial for it alone; a teacher is generated for while an undecided student still has it
+in contention (:func:`car_hf.ranking.stopping.eliminate_students`). ``target="common"``: one contest for the best
+common teacher. ``responses_separate``: what one trial per student generates (exact without a budget).
+
 It also stops when the next round would exceed ``max_responses`` ("budget") or every instruction is drawn
 ("exhausted"). Generated and scored rounds go to the score cache under ``checkpoint`` (responses keyed by the
-teacher, scores by the teacher and the scorer), so a killed trial resumes without generating anything twice,
-and a trial re-run with another reward or beta reuses the responses.
+teacher, scores by the teacher and the scorer — the reward and each student apart), so a killed trial resumes
+without generating anything twice, and a trial re-run with another reward, beta or student reuses the responses.
 
 Example (two stand-in teachers answering from a table; real ones are model ids or ``TeacherConfig``\\ s):
     >>> from datasets import Dataset
@@ -49,6 +55,7 @@ from car_hf.ranking.stopping import AdaptiveResult
 from car_hf.core.cache import ScoreCache, rows_digest, scorer_identity, scoring_key
 from car_hf.core.data import map_scores
 from car_hf.core.errors import ConfigError
+from car_hf.core.students import SHARED_COLUMNS, STUDENT_COLUMNS, split_student_column, student_column
 from car_hf.generation.generate import map_batch_size
 from car_hf.ranking.leaderboard import rank_generators
 from car_hf.ranking.stopping import (
@@ -57,9 +64,8 @@ from car_hf.ranking.stopping import (
     DEFAULT_ROUND_GROWTH,
     DEFAULT_ROUND_SIZE,
     TARGETS,
-    StopDecision,
     decision_level,
-    eliminate,
+    eliminate_students,
     instruction_cells,
     instruction_order,
     plan_rounds,
@@ -77,17 +83,33 @@ class TrialResult(AdaptiveResult):
 
     ``scored`` holds every generated and scored row (instruction columns, the response columns, ``generator``
     naming the teacher, the score columns); ``eliminated`` lists ``{"generator", "round", "n_instructions",
-    "p_leader_wins"}``; ``responses_exhaustive`` is what answering every instruction with every teacher costs.
+    "p_leader_wins"}`` (with several students also ``"student"``: None for the common target);
+    ``responses_exhaustive`` is what answering every instruction with every teacher costs. With several students:
+    ``students`` (labels), ``tables`` (each student's leaderboard; ``table`` stacks them with a ``student``
+    column), ``winners`` (student → teacher) and ``responses_separate`` (student → what a trial for it alone
+    generates; empty for the common target).
     """
 
     responses_generated: int = 0
     responses_exhaustive: int = 0
     eliminated: list[dict[str, Any]] = field(default_factory=list)
+    students: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    winners: dict[str, Any] = field(default_factory=dict)
+    responses_separate: dict[str, int] = field(default_factory=dict)
 
     def cost_line(self) -> str:
         share = self.responses_generated / self.responses_exhaustive if self.responses_exhaustive else float("nan")
-        return (f"generated {self.responses_generated} responses of the exhaustive trial's "
+        line = (f"generated {self.responses_generated} responses of the exhaustive trial's "
                 f"{self.responses_exhaustive} ({100 * share:.1f}%)")
+        if len(self.students) > 1 and self.responses_separate:
+            total = sum(self.responses_separate.values())
+            line += (f"; one trial per student would generate {total} ("
+                     + " + ".join(f"{s} {n}" for s, n in self.responses_separate.items())
+                     + f"): this trial generated {100 * self.responses_generated / total:.1f}% of them")
+        elif len(self.students) > 1:
+            line += f", for {len(self.students)} students at once (target=common: one teacher for all)"
+        return line
 
     def summary(self) -> str:
         trial = self.table.attrs.get("car", {}).get("trial", {})
@@ -95,8 +117,11 @@ class TrialResult(AdaptiveResult):
                  f"of {self.n_instructions_total} instructions; target={trial.get('target')}, confidence="
                  f"{trial.get('confidence')} (each comparison >= {trial.get('level', float('nan')):.4g}, "
                  f"{trial.get('correction')})", self.cost_line()]
-        lines += [f"  undecided: {p['better']} over {p['worse']}: P = {p['p_win']:.3f}" for p in self.undecided]
-        lines += [f"  eliminated after {e['n_instructions']} instructions: {e['generator']} (P(leader wins) = "
+        if self.students:
+            lines.append("  winners: " + ", ".join(f"{s} → {t}" for s, t in self.winners.items()))
+        at = lambda e: f" for {e['student']}" if e.get("student") else ""  # noqa: E731
+        lines += [f"  undecided{at(p)}: {p['better']} over {p['worse']}: P = {p['p_win']:.3f}" for p in self.undecided]
+        lines += [f"  eliminated{at(e)} after {e['n_instructions']} instructions: {e['generator']} (P(leader wins) = "
                   f"{e['p_leader_wins']:.3f})" for e in self.eliminated]
         return "\n".join(lines)
 
@@ -144,7 +169,52 @@ def _reading_responses(scorer: Any, columns: Sequence[str], generator: Any) -> A
     reading = dataclasses.replace(scorer.config, prompt_column=input_column(columns, config), messages_column=None,
                                   response_column=config.generation_column)
     reward = scorer.reward.spec if scorer.reward is not None else None
-    return CARScorer(scorer.loss.spec, reward_model=reward, config=reading, per_row_car=scorer.per_row_car)
+    several = scorer.labels is not None  # rebuilt from its configuration: every student reads the responses
+    base = (None if isinstance(scorer.config.base_model, list) else scorer.loss) if several else scorer.loss.spec
+    return CARScorer(base, reward_model=reward, config=reading, per_row_car=scorer.per_row_car)
+
+
+def _scoring_parts(scorer: Any, students: Any) -> tuple[list[Any], list[tuple[Any, Any]], Any]:
+    """The students' labels, the scoring parts (each cached apart) and the scorer: ``[None], [(None, scorer)]``
+    for one student scored by one transform (reward and loss together), else ``("reward", the reward transform)``
+    then ``(label, loss transform)`` per student. ``students``: models (a car_hf ``scorer`` gives the reward and the loss
+    options) or loss transforms with a ``label`` (or ``name``) adding ``base_loss``."""
+    from car_hf.core.students import check_students
+    from car_hf.scoring.scorer import CARScorer
+
+    if students is not None and (isinstance(students, dict) or all(isinstance(s, (str, os.PathLike, tuple))
+                                                                    for s in students)):
+        check_students(students if isinstance(students, dict) else list(students))
+        if not isinstance(scorer, CARScorer):
+            raise ConfigError("students given as models need a car_hf scorer (add_car(...)) for the reward and the "
+                              f"loss options, got {type(scorer).__name__}; or pass the students as loss transforms")
+        scorer = CARScorer(students if isinstance(students, dict) else list(students), reward_model=scorer.reward,
+                           config=scorer.config, per_row_car=False)
+    elif students is not None:
+        labels = [getattr(s, "label", None) or getattr(s, "name", None) if callable(s) else None for s in students]
+        if None in labels or not labels:
+            raise ConfigError("students are models (ids, folders, loaded pairs) or loss transforms with a label (a "
+                              f".label or .name attribute), got {[type(s).__name__ for s in students]}")
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"students need distinct labels, got {labels}")
+        return labels, [("reward", scorer), *zip(labels, students)], scorer
+    if getattr(scorer, "labels", None) is None:
+        return [None], [(None, scorer)], scorer
+    parts = [("reward", scorer.reward_part()), *zip(scorer.labels, scorer.student_parts())]
+    return list(scorer.labels), parts, scorer
+
+
+def _joined(scored: Any, new: Any, kind: Any, several: bool) -> Any:
+    """``scored`` with the columns of a scoring part ``new`` it lacks, a student's named for this run
+    (``base_loss@label`` with several students, else ``base_loss``: the cache holds them as the part wrote them)."""
+    import datasets
+
+    if kind not in (None, "reward"):
+        plain = {c: split_student_column(c)[0] for c in new.column_names}
+        names = {c: student_column(p, kind) if several else p for c, p in plain.items() if p in STUDENT_COLUMNS}
+        new = new.rename_columns({c: p for c, p in names.items() if c != p})
+    extra = [c for c in new.column_names if c not in scored.column_names and c != "generator"]
+    return datasets.concatenate_datasets([scored, new.select_columns(extra)], axis=1) if extra else scored
 
 
 def rank_teachers(
@@ -167,6 +237,7 @@ def rank_teachers(
     generation: Any = None,
     batch_size: int = 16,
     config: dict[str, Any] | None = None,
+    students: Any = None,
 ) -> TrialResult:
     """Rank ``teachers`` for the student of ``scorer`` on ``instructions``, generating only what the rule needs.
 
@@ -183,15 +254,21 @@ def rank_teachers(
         max_responses: generation budget (responses, all teachers together).
         checkpoint: folder of the score cache; a rerun resumes from it.
         config: extra entries recorded in ``table.attrs["car"]``.
+        students: several students (module docstring): model ids / folders / ``"label=model"`` (scored with
+            ``scorer``'s reward and loss options; a scorer ``add_car(base_model=[...])`` names them itself), or loss
+            transforms with a ``label`` (stand-ins). ``target="common"``: one teacher for every student.
     """
-    if target not in TARGETS:
-        raise ConfigError(f"target must be one of {TARGETS}, got {target!r}")
+    if target not in TARGETS + ("common",):
+        raise ConfigError(f"target must be one of {TARGETS + ('common',)}, got {target!r}")
     generators = _generators(teachers, generation)
     labels = [_label(g) for g in generators]
     scorer = _reading_responses(scorer, instructions.column_names, generators[0])
     scoring = getattr(scorer, "config", None)  # by default the car_hf scorer's beta and transform
     beta = beta if beta is not None else scoring.beta if scoring is not None else 1.0
     transform = reward_transform or (scoring.reward_transform if scoring is not None else "raise")
+    students, parts, scorer = _scoring_parts(scorer, students)
+    several = len(students) > 1
+    loss_of = {s: student_column("base_loss", s) if several else "base_loss" for s in students}
     if len(instructions) == 0:
         raise ConfigError("there are no instructions to try the teachers on")
     if ID not in instructions.column_names:
@@ -202,112 +279,147 @@ def rank_teachers(
     level = decision_level(confidence, len(labels) - 1, correction)
     common = {"order_seed": seed, "instructions": len(order)}
     caches = {}
-    if checkpoint is not None:
-        caches = {label: (ScoreCache(os.path.join(checkpoint, "responses"), scoring_key(g, instructions, **common)),
-                          ScoreCache(os.path.join(checkpoint, "scores"),
-                                     scoring_key(scorer, instructions, teacher=scorer_identity(g), **common)))
+    if checkpoint is not None:  # responses per teacher; scores per teacher and part (reward, each student)
+        caches = {label: [ScoreCache(os.path.join(checkpoint, "responses"), scoring_key(g, instructions, **common))]
+                  + [ScoreCache(os.path.join(checkpoint, "scores"), scoring_key(
+                      part, instructions, teacher=scorer_identity(g), **common)) for _, part in parts]
                   for label, g in zip(labels, generators)}
 
     def answer(k: int, lo: int, hi: int) -> Any:
         """Teacher ``k``'s scored answers to the instructions at positions [lo, hi) of the order (cached)."""
-        rows, part = order[lo:hi], f"instructions-{lo:05d}-{hi:05d}"
-        generated_cache, scored_cache = caches.get(labels[k], (None, None))
+        rows, name = order[lo:hi], f"instructions-{lo:05d}-{hi:05d}"
+        generated_cache, *scored_caches = caches.get(labels[k], [None] * (len(parts) + 1))
         # Responses verify against the instructions they answer, scores against the responses they score: a part
         # copied from another teacher or position, or damaged, is computed again.
         asked = rows_digest(instructions.select(rows), rows) if generated_cache is not None else None
-        loaded = generated_cache.load(part, inputs=asked) if generated_cache is not None else None
+        loaded = generated_cache.load(name, inputs=asked) if generated_cache is not None else None
         fresh = loaded is None
         if fresh:
             generated = map_scores(instructions.select(rows), generators[k], rows=rows,
                                    batch_size=map_batch_size(generators[k], batch_size),  # vllm/openai: all at once
                                    desc=f"{labels[k]}: answering {len(rows)} instructions")
             if generated_cache is not None:
-                generated_cache.save(part, generated, inputs=asked)
+                generated_cache.save(name, generated, inputs=asked)
         else:
             generated = loaded[0]
-        answers = rows_digest(generated, rows) if scored_cache is not None else None
-        loaded = scored_cache.load(part, inputs=answers) if scored_cache is not None else None
-        if loaded is not None:
-            return loaded[0], fresh
-        scored = map_scores(generated, scorer, rows=rows, batch_size=batch_size, desc=f"scoring {labels[k]}")
-        scored = scored.add_column("generator", [labels[k]] * len(rows))
-        if scored_cache is not None:
-            scored_cache.save(part, scored, inputs=answers)
-        return scored, fresh
+        answers = rows_digest(generated, rows) if generated_cache is not None else None
+        scored = generated
+        for (kind, part), cache in zip(parts, scored_caches):  # each student's loss is its own part
+            loaded = cache.load(name, inputs=answers) if cache is not None else None
+            if loaded is None:  # one student's part: the columns it adds (the reward part: the shared ones)
+                new = map_scores(generated, part, rows=rows, batch_size=batch_size,
+                                 desc=f"scoring {labels[k]}" + (f" ({kind})" if kind else ""))
+                added = [c for c in new.column_names if c not in generated.column_names]
+                new = new if kind is None else new.select_columns(
+                    [c for c in added if kind != "reward" or c in SHARED_COLUMNS])
+                if cache is not None:
+                    cache.save(name, new, inputs=answers)
+            else:
+                new = loaded[0]
+            scored = _joined(scored, new, kind, several)
+        return scored.add_column("generator", [labels[k]] * len(rows)), fresh
 
-    parts: list[tuple[Any, list[int]]] = []
+    pieces: list[tuple[Any, list[int]]] = []
     frames: list[pd.DataFrame] = []
-    active, eliminated, history = list(range(len(labels))), [], []
-    done, generated, decision, stopped = 0, 0, None, "exhausted"
+    contending = {s: list(labels) for s in students}
+    separate = dict.fromkeys(students, 0)  # what one trial per student generates: the same rule, alone
+    eliminated, history, decisions, leaders = [], [], {}, dict.fromkeys(students)
+    done, generated, stopped = 0, 0, "exhausted"
     for look in looks:
-        cost = (look - done) * len(active)
-        if max_responses is not None and generated + cost > max_responses:
+        active = [k for k, t in enumerate(labels) if any(t in c for c in contending.values() if len(c) > 1)]
+        if max_responses is not None and generated + (look - done) * len(active) > max_responses:
             stopped = "budget"
             break
+        for s in students if target != "common" else ():  # what a trial for s alone generates in this round
+            if len(contending[s]) > 1 and not getattr(decisions.get(s), "stop", False):
+                separate[s] += (look - done) * len(contending[s])
         for k in active:
             scored, fresh = answer(k, done, look)
             generated += len(scored)  # a cached answer was generated once: it counts in the trial's cost
-            parts.append((scored, order[done:look]))
-            frames.append(scored.select_columns(["generator", ID, "reward", "base_loss"]).to_pandas())
+            pieces.append((scored, order[done:look]))
+            frames.append(scored.select_columns(["generator", ID, "reward", *loss_of.values()]).to_pandas())
         done = look
-        cells = instruction_cells(pd.concat(frames), by="generator", instruction_column=ID, reward_transform=transform)
-        if target == "top1":
-            out = eliminate(cells, [labels[k] for k in active], beta=beta, level=level,
-                            min_instructions=min_instructions, n_bootstrap=n_bootstrap, seed=seed)
-            for e in out.eliminated:
-                eliminated.append(e | {"round": len(history) + 1, "n_instructions": out.n_instructions})
-                active.remove(labels.index(e["generator"]))
-            entry = {"round": len(history) + 1, "n_instructions": done, "responses": generated,
-                     "leader": out.leader, "active": [labels[k] for k in active]}
-            history.append(entry)
-            logger.info("round %d: %d instructions, leader %s, still in contention: %s", entry["round"], done,
-                        out.leader, entry["active"])
-            if len(active) == 1:
+        frame = pd.concat(frames)
+        cells = {s: instruction_cells(frame, by="generator", instruction_column=ID, loss_column=loss_of[s],
+                                      reward_transform=transform) for s in students}
+        entry = {"round": len(history) + 1, "n_instructions": done, "responses": generated}
+        if target != "ranking":
+            out = eliminate_students(cells, contending, beta=beta, level=level, target=target,
+                                     min_instructions=min_instructions, n_bootstrap=n_bootstrap, seed=seed)
+            eliminated += [{k: v for k, v in e.items() if several or k != "student"} | {"round": entry["round"],
+                           "n_instructions": out.n_instructions[e["student"] or students[0]]} for e in out.eliminated]
+            contending, leaders = out.contending, out.leaders
+            entry |= {"leader": out.leaders if several else out.leaders[students[0]], "active": out.generating}
+            history.append(entry | ({"contending": contending} if several else {}))
+            logger.info("round %d: %d instructions, leader %s, still generated for: %s", entry["round"], done,
+                        entry["leader"], entry["active"])
+            if out.settled:
                 stopped = "confident"
                 break
         else:
-            decision = stop_decision(cells, beta=beta, target=target, confidence=confidence, correction=correction,
-                                     min_instructions=min_instructions, n_bootstrap=n_bootstrap, seed=seed)
-            history.append({"round": len(history) + 1, "n_instructions": done, "responses": generated,
-                            "leader": decision.leader, "stop": decision.stop})
-            if decision.stop:
+            decisions = {s: stop_decision(cells[s], beta=beta, target=target, confidence=confidence,
+                                          correction=correction, min_instructions=min_instructions,
+                                          n_bootstrap=n_bootstrap, seed=seed) for s in students}
+            leaders = {s: d.leader for s, d in decisions.items()}
+            history.append(entry | {"leader": leaders if several else leaders[students[0]],
+                                    "stop": all(d.stop for d in decisions.values())})
+            if history[-1]["stop"]:
                 stopped = "confident"
                 break
-    if not parts:
+    if not pieces:
         raise ConfigError(f"max_responses={max_responses} is smaller than the first round's "
                           f"{looks[0] * len(labels)} responses")
-    return _result(parts, labels, active, eliminated, history, decision, stopped, done, generated, len(order),
-                   scorer, beta=beta, transform=transform, target=target, confidence=confidence, correction=correction, level=level,
-                   n_bootstrap=n_bootstrap, seed=seed, max_responses=max_responses, config=config)
+    return _result(pieces, labels, students, contending, leaders, eliminated, history, decisions, stopped, done,
+                   generated, len(order), scorer, beta=beta, transform=transform, target=target, confidence=confidence,
+                   correction=correction, level=level, n_bootstrap=n_bootstrap, seed=seed, max_responses=max_responses,
+                   config=config, separate=separate if target != "common" else {})
 
 
-def _result(parts, labels, active, eliminated, history, decision: StopDecision | None, stopped: str, done: int,
+def _result(pieces, labels, students, contending, leaders, eliminated, history, decisions, stopped: str, done: int,
             generated: int, n_total: int, scorer: Any, **rule: Any) -> TrialResult:
-    """The leaderboard of every scored row (eliminated teachers on the instructions they answered)."""
+    """Each student's leaderboard of every scored row (eliminated teachers on the instructions they answered)."""
     import datasets
 
-    scored = datasets.concatenate_datasets([d for d, _ in parts]) if len(parts) > 1 else parts[0][0]
+    from car_hf.core.students import student_view
+
+    scored = datasets.concatenate_datasets([d for d, _ in pieces]) if len(pieces) > 1 else pieces[0][0]
     keys = list(zip(scored[ID], scored["generator"]))
     scored = scored.select(sorted(range(len(keys)), key=keys.__getitem__))  # instruction-major, teachers by name
-    beta, transform = rule["beta"], rule["transform"]
-    if decision is None:  # top1: what is still undecided among the teachers left
-        cells = instruction_cells(scored.select_columns(["generator", ID, "reward", "base_loss"]).to_pandas(),
-                                  by="generator", instruction_column=ID, reward_transform=transform)
-        decision = stop_decision(cells, beta=beta, target="top1", confidence=rule["confidence"],
-                                 correction=rule["correction"], min_instructions=1, n_bootstrap=rule["n_bootstrap"],
-                                 seed=rule["seed"]) if len(active) > 1 else None
+    beta, transform, several = rule["beta"], rule["transform"], len(students) > 1
     trial = {key: rule[key] for key in ("target", "confidence", "correction", "level", "max_responses")} | {
         "teachers": labels, "stopped_because": stopped, "rounds": len(history), "n_instructions": done,
         "n_instructions_total": n_total, "responses_generated": generated, "responses_exhaustive": n_total * len(labels),
         "eliminated": eliminated, "order_seed": rule["seed"]}
+    if several:
+        trial |= {"students": students, "responses_separate": rule["separate"]}
     record = (scorer.scoring_config() if hasattr(scorer, "scoring_config") else {}) | dict(rule["config"] or {})
-    table = rank_generators(scored, by="generator", beta=beta, reward_transform=transform, instruction_column=ID,
-                            confidence=rule["confidence"], n_bootstrap=rule["n_bootstrap"], seed=rule["seed"],
-                            config=record | {"trial": trial})
-    undecided = [p for p in (decision.undecided if decision else []) if p["better"] in [labels[k] for k in active]
-                 and p["worse"] in [labels[k] for k in active]]
+    tables, winners, undecided, last = {}, {}, [], None
+    for s in students:
+        view = student_view(scored, s) if several else scored
+        frame = view.select_columns(["generator", ID, "reward", "base_loss"]).to_pandas()
+        cells = instruction_cells(frame, by="generator", instruction_column=ID, reward_transform=transform)
+        decision = decisions.get(s)
+        if rule["target"] != "ranking":  # top1: what is still undecided among the teachers left
+            decision = stop_decision(cells, beta=beta, target="top1", confidence=rule["confidence"],
+                                     correction=rule["correction"], min_instructions=1,
+                                     n_bootstrap=rule["n_bootstrap"], seed=rule["seed"]) \
+                if len(contending[s]) > 1 else None
+        last = decision if last is None else last
+        winners[s] = leaders[s]
+        kept = contending[s] if rule["target"] != "ranking" else labels
+        undecided += [p | ({"student": s} if several else {}) for p in (decision.undecided if decision else [])
+                      if p["better"] in kept and p["worse"] in kept]
+        tables[s] = rank_generators(view, by="generator", beta=beta, reward_transform=transform,
+                                    instruction_column=ID, confidence=rule["confidence"],
+                                    n_bootstrap=rule["n_bootstrap"], seed=rule["seed"],
+                                    config=record | {"trial": trial | ({"student": s} if several else {})})
+    table = tables[students[0]] if not several else pd.concat(
+        [t.assign(student=s) for s, t in tables.items()], ignore_index=True)
+    table.attrs = {"car": tables[students[0]].attrs["car"] | {"trial": trial}}
     return TrialResult(
-        table=table, scored=scored, indices=sorted({r for _, rows in parts for r in rows}), n_scored=len(scored),
+        table=table, scored=scored, indices=sorted({r for _, rows in pieces for r in rows}), n_scored=len(scored),
         n_total=n_total * len(labels), n_instructions=done, n_instructions_total=n_total, rounds=len(history),
-        stopped_because=stopped, undecided=undecided, history=history, decision=decision,
-        responses_generated=generated, responses_exhaustive=n_total * len(labels), eliminated=eliminated)
+        stopped_because=stopped, undecided=undecided, history=history, decision=last,
+        responses_generated=generated, responses_exhaustive=n_total * len(labels), eliminated=eliminated,
+        students=students if several else [], tables=tables if several else {},
+        winners=winners if several or students[0] is not None else {}, responses_separate=rule["separate"])

@@ -24,14 +24,15 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from car_hf.core.batching import model_batches, to_device
 from car_hf.core.errors import ConfigError
 from car_hf.core.formats import Example, Rendered
-from car_hf.core.transform import ModelTransform
+from car_hf.core.students import is_student_list, student_labels, student_models
+from car_hf.core.transform import ModelTransform, StudentPart, StudentTransforms
 
 
 # Models whose head output was checked against model(...).logits in this process (by id()).
@@ -288,6 +289,14 @@ class BaseLossScorer(ModelTransform):
         types = {"base_loss_tokens": "int64", "base_loss_truncated": "bool"}
         return {name: Value(types.get(name, "float64")) for name in names}
 
+    def token_counts(self, batch: Mapping[str, Sequence[Any]], *args: Any) -> list[int]:
+        """The ``base_loss_tokens`` :meth:`score` gives these rows, from the tokenizer and template alone (no loss pass):
+        what a pre-scored student's columns are checked against."""
+        examples, rank = self.examples(batch, *args)
+        _, tokenizer = self.load(rank)
+        rendered = [self.render(e, tokenizer) if e is not None else Rendered([], 0, False) for e in examples]
+        return [max(0, len(r.ids) - max(r.start, 1)) for r in rendered]
+
     def score(self, model: Any, tokenizer: Any, examples: list[Example | None]) -> dict[str, list[Any]]:
         rendered = [self.render(e, tokenizer) if e is not None else Rendered([], 0, False) for e in examples]
         sequences = list(rendered)
@@ -345,5 +354,25 @@ def add_base_loss(model: Any, **options: Any) -> BaseLossScorer:
         >>> from datasets import Dataset
         >>> ds = Dataset.from_list([{"instruction": "Say hi.", "response": "Hi!"}])
         >>> ds.map(add_base_loss("google/gemma-3-270m", ifd=True), batched=True)  # doctest: +SKIP
+
+    Several students (a list, or a mapping ``{label: model}``): a :class:`~car_hf.core.transform.StudentTransforms`
+    writing each student's columns as ``base_loss@<label>`` ... (:mod:`car_hf.core.students`), each rendered with its
+    own chat template; its ``.map(ds)`` scores one student at a time over every row (a list of one is that one).
+
+        >>> losses = add_base_loss(["HuggingFaceTB/SmolLM2-135M-Instruct", "google/gemma-3-270m"])
+        >>> losses.labels
+        ['SmolLM2-135M-Instruct', 'gemma-3-270m']
     """
-    return BaseLossScorer(model, **options)
+    if isinstance(model, Mapping) or (is_student_list(model) and len(model) != 1):
+        return student_losses(model, **options)
+    return BaseLossScorer(model[0] if is_student_list(model) else model, **options)
+
+
+def student_losses(models: Any, **options: Any) -> StudentTransforms:
+    """One :class:`BaseLossScorer` per student, each with the options and its own model as ``base_model`` (so that a
+    student's cache identity is the same whatever the other students), as :class:`StudentPart` s."""
+    parts = []
+    for label, model in zip(student_labels(models), student_models(models)):
+        scorer = BaseLossScorer(model, **{**options, "base_model": model if isinstance(model, str) else None})
+        parts.append(StudentPart(scorer, label))
+    return StudentTransforms(parts)

@@ -47,6 +47,7 @@ from car_hf.publishing.cards import leaderboard_markdown
 from car_hf.core.config import REWARD_TRANSFORMS
 from car_hf.core.errors import ConfigError
 from car_hf.core.inputs import check_numbers
+from car_hf.core.students import student_data
 from car_hf.ranking.leaderboard import _table_frame, rank_generators
 
 logger = logging.getLogger(__name__)
@@ -248,14 +249,17 @@ def select_generator(
     beta: float = 1.0,
     reward_transform: str = "raise",
     *,
+    student: str | None = None,
     return_table: bool = False,
     **rank_options: Any,
 ) -> tuple[Any, ...]:
     """The paper's use of CAR: the generator with the best dataset-level CAR, and its rows.
 
-    Returns ``(name, rows)`` where ``rows`` is the subset of ``dataset`` written by that generator;
-    with ``return_table=True``, ``(name, rows, table)`` with the :func:`~car_hf.rank_generators`
-    leaderboard it was chosen from (``rank_options`` go there).
+    Returns ``(name, rows)`` where ``rows`` is the subset of ``dataset`` written by that generator (every column
+    kept); with ``return_table=True``, ``(name, rows, table)`` with the :func:`~car_hf.rank_generators`
+    leaderboard it was chosen from (``rank_options`` go there). Data scored under several students
+    (``base_loss@<label>`` ...) is ranked for ``student``, the student being trained: a label, or the model id /
+    folder whose label is among them (:func:`~car_hf.core.students.student_data`).
 
     Example:
         >>> from datasets import Dataset
@@ -264,8 +268,15 @@ def select_generator(
         >>> name, rows = select_generator(ds, beta=1.0, n_bootstrap=0)
         >>> name, len(rows)
         ('b', 2)
+        >>> two = Dataset.from_dict({"generator": ["a", "b"], "reward": [0.9, 0.8], "base_loss@s1": [1.0, 3.0],
+        ...                          "base_loss@s2": [3.0, 1.0]})
+        >>> [select_generator(two, student=s, n_bootstrap=0)[0] for s in ("s1", "org/s2")]
+        ['a', 'b']
     """
-    table = rank_generators(dataset, by=by, beta=beta, reward_transform=reward_transform, **rank_options)
+    view, label = student_data(dataset, student)
+    table = rank_generators(view, by=by, beta=beta, reward_transform=reward_transform, **rank_options)
+    if label is not None:
+        table.attrs.setdefault("car", {})["student"] = label
     best = table[by].iloc[0]
     rows = dataset.filter(lambda values: [v == best for v in values], input_columns=by, batched=True)
     return (best, rows, table) if return_table else (best, rows)
@@ -322,6 +333,7 @@ def select(
     group_by: str = "instruction_id",
     n_bootstrap: int = 1000,
     scoring: Mapping[str, Any] | None = None,
+    student: str | None = None,
 ) -> Selection:
     """Select training rows of a scored dataset by CAR, in any of :data:`SELECT_MODES`.
 
@@ -335,6 +347,9 @@ def select(
         by: the generator column; ``group_by``: the groups of best-of-N and likeliest.
         n_bootstrap: resamples of the generator leaderboard's intervals (``"generator"``).
         scoring: the scoring record (``CARConfig.record()``), kept in the leaderboard's ``attrs``.
+        student: for data scored under several students, the one being trained (a label or its model id:
+            :func:`~car_hf.core.students.student_data`); the summary records it as ``student``. Rows keep every
+            column.
 
     Every summary holds ``selection`` (the mode), ``rows_kept``, ``rows_total``, ``beta``,
     ``reward_transform``, ``reward_column`` and ``generator_mix``, plus the mode's own keys.
@@ -365,19 +380,23 @@ def select(
         raise ConfigError(f"reward_transform must be one of {REWARD_TRANSFORMS}, got {reward_transform!r}")
     if mode == "none":
         return Selection(rows=dataset)
+    view, label = student_data(dataset, student)
     if mode == "generator":
         name, rows, table = select_generator(dataset, by=by, beta=beta, reward_transform=reward_transform,
                                              reward_column=reward_column, n_bootstrap=n_bootstrap, config=scoring,
-                                             return_table=True)
+                                             student=label, return_table=True)
         summary = {"selection": mode, "generator": str(name), "rows_kept": len(rows), "rows_total": len(dataset),
                    "beta": beta, "reward_transform": reward_transform, "reward_column": reward_column,
                    "generator_mix": {str(name): len(rows)}, "leaderboard": leaderboard_markdown(table)}
+        summary |= {"student": label} if label is not None else {}
         logger.info("%s\n%s", describe(summary), summary["leaderboard"])
         return Selection(rows=rows, callback=SelectionCallback(summary), summary=summary, leaderboard=table)
     rule = {"top_fraction": {"top_fraction": value}, "top_k": {"top_k": value}, "threshold": {"threshold": value},
             "best_of_n": {"group_by": group_by, "keep": "best"},
             "likeliest": {"group_by": group_by, "keep": "likeliest", "min_reward": value}}[mode]
     car_filter = CARFilter(beta=beta, reward_transform=reward_transform, reward_column=reward_column, by=by, **rule)
-    rows = car_filter.apply(dataset)
+    rows = dataset.select(car_filter.fit(view).kept_.tolist())  # the rows as they are, every column kept
+    if label is not None:
+        car_filter.summary_["student"] = label
     logger.info("%s", describe(car_filter.summary()))
     return Selection(rows=rows, callback=car_filter, summary=car_filter.summary())

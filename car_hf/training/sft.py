@@ -24,6 +24,7 @@ from typing import Any
 
 from car_hf.core.config import CARConfig
 from car_hf.core.errors import ConfigError, InputError
+from car_hf.core.students import match_student, students_in
 from car_hf.core.formats import Layout, has_chat_template, row_example, sft_record
 from car_hf.training.selection import SELECT_MODES
 
@@ -57,6 +58,9 @@ class SFTScriptArguments:
     generator_column: str = field(default="generator", metadata={"help": "Column naming each row's generator."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the generator leaderboard."})
     rescore: bool = field(default=False, metadata={"help": "Score again even if the data has a base_loss column."})
+    student: str | None = field(
+        default=None, metadata={"help": "Data scored under several students (base_loss@LABEL columns): the student "
+                                        "whose columns select the rows (default: the label of model_name_or_path)."})
     scoring_batch_size: int = field(default=64, metadata={"help": "Rows per datasets.map batch while scoring."})
     scoring_chunk_rows: int = field(
         default=512, metadata={"help": "Rows per scoring chunk: the unit shared out over the processes and saved as "
@@ -105,6 +109,10 @@ def training_config(config: CARConfig, training_args: Any, model_args: Any) -> C
 
     CAR's compatibility is about the student as it is trained: another ``base_model`` is allowed, with a warning.
     """
+    if isinstance(config.base_model, list):
+        raise ConfigError(f"base_model lists several students ({config.base_model}), but recipes/sft.py scores the "
+                          "model it tunes: score several students with recipes/score.py (or car-hf score) and train "
+                          "on its scored/ folder (the student's columns are matched to model_name_or_path)")
     if config.base_model and config.base_model != model_args.model_name_or_path:
         logger.warning("scoring with base_model=%s while tuning %s: CAR's compatibility is meant for the model being "
                        "tuned", config.base_model, model_args.model_name_or_path)
@@ -115,6 +123,19 @@ def training_config(config: CARConfig, training_args: Any, model_args: Any) -> C
         score_dtype=model_args.dtype or "auto", score_device=str(training_args.device),
         score_trust_remote_code=config.score_trust_remote_code or training_args.trust_remote_code,
     )
+
+
+def training_student(ds: Any, script_args: SFTScriptArguments, model_name: str) -> str | None:
+    """The label of the student being trained in data scored under several students (its ``base_loss@<label>``
+    columns select the rows): ``script_args.student``, else the label matching ``model_name``; None for other data
+    (or with ``rescore``). A :class:`~car_hf.core.errors.ConfigError` lists the labels when none matches, before any
+    model loads."""
+    labels = students_in(ds.column_names)
+    if script_args.rescore or not labels:
+        if script_args.student is not None and not labels:
+            logger.warning("student=%s has no effect: the data holds no per-student columns", script_args.student)
+        return None
+    return match_student(script_args.student or model_name, labels)
 
 
 def score_for_training(ds: Any, config: CARConfig, training_args: Any, batch_size: int = 64,

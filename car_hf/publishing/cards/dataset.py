@@ -144,8 +144,9 @@ def _car_is_from_means(leaderboard: pd.DataFrame, beta: Any) -> bool:
                for r in leaderboard.to_dict("records"))
 
 
-def _leaderboard_values(leaderboard: pd.DataFrame, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The leaderboard table, its column legend and the intervals only the CSV has."""
+def _leaderboard_values(leaderboard: pd.DataFrame, config: Mapping[str, Any],
+                        audit_legend: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The leaderboard table, its column legend (with the signal audit's columns) and the intervals only the CSV has."""
     beta = config.get("beta")
     if _car_is_from_means(leaderboard, beta):
         car_text = f"the generator's CAR, `reward / (1 + β · base_loss)` of the two means, β = {beta}"
@@ -167,6 +168,7 @@ def _leaderboard_values(leaderboard: pd.DataFrame, config: Mapping[str, Any]) ->
         "ppl": "exp(mean `base_loss`): perplexity under the base model (the paper's PPL-Self baseline)",
         "ifd": "mean `ifd` (Instruction-Following Difficulty, see below)",
         "response_tokens": "mean `base_loss_tokens`: response length in base-model tokens",
+        **(audit_legend or {}),
     }
     columns = leaderboard_columns(leaderboard)
     stems = dict.fromkeys(re.sub(r"_(low|high)$", "", c) for c in leaderboard.columns if re.search(r"_(low|high)$", c))
@@ -286,6 +288,7 @@ def dataset_card(
     license: str | None = None,
     source_dataset: str | None = None,
     download_size: int | None = None,
+    matrix: Any = None,
 ) -> DatasetCard:
     """The dataset card of a CAR-scored dataset.
 
@@ -294,7 +297,9 @@ def dataset_card(
     Parquet ``download_size`` when known), and a ``car_hf`` mapping with the scoring configuration:
     ``leaderboard.attrs["car"]`` updated by ``scoring_config``, with every key of :data:`CONFIG_KEYS`
     (``null`` = not recorded, which the card flags). Body: what CAR is, the configuration, the
-    leaderboard (with its CI when present) and ``![ranking](plot_filename)``, a glossary of the added
+    leaderboard (with its CI when present) and ``![ranking](plot_filename)``, the teachers × students ``matrix``
+    when given (:func:`car_hf.ranking.matrix.rank_matrix`'s result: its ``markdown()``, and its ``summary()``'s
+    students, winners and common teacher under ``car_hf.matrix`` in the YAML), a glossary of the added
     columns (units, NaN, truncation, with counts from the data), how to reproduce, and the paper's BibTeX.
 
     Example:
@@ -307,6 +312,7 @@ def dataset_card(
     """
     splits = dataset_splits(dataset)
     config = scoring_record(leaderboard, scoring_config)
+    audit = config.pop("audit", None) or {}  # the signal audit (car_hf.ranking.audit): its own section, not config
     stats = _stats(splits)
     title = repo_id.split("/")[-1] if repo_id else "CAR-scored dataset"
     data = DatasetCardData(
@@ -319,6 +325,10 @@ def dataset_card(
     )
     _add_hub_metadata(data, splits, download_size)
     data["car_hf"] = config  # last, so the scoring configuration is easy to find in the YAML
+    if matrix is not None:
+        digest = matrix.summary()
+        data["car_hf"]["matrix"] = plain({key: digest.get(key) for key in
+                                          ("students", "winners", "winner_differs", "common", "common_rule")})
 
     base = link(config["base_model"]) if config.get("base_model") else "a base model"
     intro = ((f"Responses from {link(source_dataset, 'dataset')}" if source_dataset else "Responses")
@@ -332,8 +342,11 @@ def dataset_card(
         intro=intro,
         config_table=_config_table(config),
         missing=[key for key in CONFIG_KEYS if config.get(key) is None and key not in OPTIONAL_KEYS],
-        **(_leaderboard_values(leaderboard, config) if leaderboard is not None else {}),
+        **(_leaderboard_values(leaderboard, config, audit.get("legend")) if leaderboard is not None else {}),
+        audit_warnings=audit.get("warnings") if audit else None,
+        audit_notes=audit.get("notes", []),
         plot_filename=plot_filename,
+        matrix_markdown=matrix.markdown() if matrix is not None else None,
         glossary_table=_glossary_table(next(iter(splits.values())).column_names, config, stats),
         **_reproduce_values(config, repo_id, source_dataset),
         citation=CITATION,

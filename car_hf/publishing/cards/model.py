@@ -23,12 +23,12 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import yaml_dump
 
 from car_hf.publishing.cards.common import CITATION, TEMPLATES, is_hub_id, key_value_table, link, table, text
@@ -127,8 +127,11 @@ def model_card(
     repo_id: str | None = None,
     license: str | None = None,
     library_name: str = "transformers",
+    eval_results: Sequence[EvalResult] | None = None,
+    evaluation_section: str | None = None,
 ) -> ModelCard:
-    """The model card of a model tuned on CAR-selected data.
+    """The model card of a model tuned on CAR-selected data (``eval_results``: its ``model-index``, and
+    ``evaluation_section`` the text on them; :mod:`car_hf.publishing.eval_results` makes both).
 
     YAML: ``base_model`` (a Hub id: a local path is refused, the Hub would reject it; ``None`` leaves
     it out), ``datasets``, ``tags`` (car, car_hf, sft, trl), ``library_name`` ("peft" for an adapter),
@@ -150,6 +153,10 @@ def model_card(
             "pass the Hub id even when training from a local copy, or None to leave it out of the card"
         )
     record = scoring_record(None, scoring) if scoring else None
+    if repo_id:
+        title = repo_id.split("/")[-1]
+    else:
+        title = f"{base_model.split('/')[-1]} tuned on CAR-selected data" if base_model else "Tuned on CAR-selected data"
     data = ModelCardData(
         base_model=base_model,
         datasets=[dataset_repo] if dataset_repo else None,
@@ -158,11 +165,8 @@ def model_card(
         pipeline_tag="text-generation",
         tags=list(MODEL_TAGS),
         car_hf=record,
+        **({"eval_results": list(eval_results), "model_name": title} if eval_results else {}),
     )
-    if repo_id:
-        title = repo_id.split("/")[-1]
-    else:
-        title = f"{base_model.split('/')[-1]} tuned on CAR-selected data" if base_model else "Tuned on CAR-selected data"
     tuned = link(base_model) if base_model else "A base model"
     return ModelCard.from_template(
         data,
@@ -171,7 +175,8 @@ def model_card(
         intro=f"{tuned} fine-tuned (supervised, with TRL) on CAR-selected responses.",
         car_begin=CARD_BEGIN,
         car_end=CARD_END,
-        selection_section=selection_section(selection_summary, dataset_repo),
+        selection_section="\n\n".join(filter(None, [selection_section(selection_summary, dataset_repo),
+                                                     evaluation_section])),
         hyperparameters_table=key_value_table(hyperparameters) if hyperparameters else None,
         scoring_table=key_value_table(record, ("key", "value")) if record else None,
         citation=CITATION,
@@ -228,11 +233,14 @@ def write_model_card(
     scoring: Mapping[str, Any] | None = None,
     license: str | None = None,
     repo_id: str | None = None,
+    eval_results: Sequence[EvalResult] | None = None,
+    evaluation_section: str | None = None,
 ) -> Path:
     """Write car_hf's model card into ``<folder>/README.md``, merged into a card already there; return its path.
 
     The card is :func:`model_card` (``library_name`` "peft" when ``adapter_config.json`` is in the
-    folder); ``selection`` is the selection summary. An existing ``README.md`` is merged, not
+    folder); ``selection`` is the selection summary; ``eval_results`` and ``evaluation_section`` the student's
+    evaluation (see :func:`model_card`). An existing ``README.md`` is merged, not
     replaced (:func:`merge_model_card`), so writing twice, or after the trainer rewrote its card,
     leaves one car_hf section.
     """
@@ -242,7 +250,7 @@ def write_model_card(
     library_name = "peft" if (folder / "adapter_config.json").is_file() else "transformers"
     card = model_card(base_model=base_model, dataset_repo=dataset_repo, selection_summary=selection,
                       hyperparameters=hyperparameters, scoring=scoring, repo_id=repo_id, license=license,
-                      library_name=library_name)
+                      library_name=library_name, eval_results=eval_results, evaluation_section=evaluation_section)
     readme = folder / "README.md"
     if readme.is_file():
         card = merge_model_card(readme.read_text(encoding="utf-8"), card)

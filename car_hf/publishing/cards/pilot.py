@@ -23,12 +23,14 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import DatasetCardData
 
-from car_hf.publishing.cards.common import CITATION, link
+from car_hf.publishing.cards.common import CITATION, link, table, text
 
 PILOT_TAGS = ["car-hf", "car-pilot", "distillation"]
 
@@ -44,7 +46,49 @@ def pilot_card_text(report: Any, student: str | None = None) -> str:
              "`spearman.csv` and `items.csv` (per-item results) hold the numbers.")
     return "\n".join([f"---\n{metadata}\n---", "", f"# CAR pilot: {name}", "", intro, "",
                       "![predicted CAR vs. realized performance](pilot.png)", "", report.to_markdown(),
+                      results_section(report.teachers.to_dict("records"), report.evaluations), "",
                       "## Citation (CAR)", "", "```bibtex", CITATION, "```", ""])
+
+
+def _interval(entry: Any) -> str | None:
+    """``mean [low, high]`` of a summary entry; None without a finite mean."""
+    value = entry.get("mean") if isinstance(entry, dict) else None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    low, high = entry.get("low"), entry.get("high")
+    bounded = all(isinstance(b, (int, float)) and math.isfinite(b) for b in (low, high))
+    return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if bounded else "")
+
+
+def results_section(teachers: Sequence[Mapping[str, Any]], evaluations: Mapping[str, Any]) -> str:
+    """The card's results: per teacher (linked to its Hub repo when it is one) its predicted signals and every
+    realized measure of its tuned student (``evaluations``: name → an evaluation with a ``summary``; one that is
+    no teacher's, the untuned student, is the last row). Empty without evaluations.
+
+    >>> class Evaluated:
+    ...     summary = {"accuracy": {"mean": 0.5, "low": 0.3, "high": 0.7, "n": 20}, "harness": {"mean": 0.25}}
+    >>> print(results_section([{"teacher": "org/model", "chosen_because": "CAR rank 1", "car": 0.41}],
+    ...                       {"org/model": Evaluated()}).splitlines()[-1])
+    | [`org/model`](https://huggingface.co/org/model) | CAR rank 1  | 0.41  | 0.500 [0.300, 0.700] | 0.250       |
+    """
+    if not evaluations:
+        return ""
+    measures = list(dict.fromkeys(m for e in evaluations.values() for m, v in e.summary.items()
+                                  if _interval(v) is not None))
+    signals = [c for c in ("car", "reward", "base_loss") if any(c in t for t in teachers)]
+    named = {t["teacher"] for t in teachers}
+    rows = [[link(t["teacher"]), text(t.get("chosen_because"))]
+            + [text(round(t[c], 4)) if isinstance(t.get(c), (int, float)) else "n/a" for c in signals]
+            + [_interval(evaluations[t["teacher"]].summary.get(m)) or "n/a" if t["teacher"] in evaluations else "n/a"
+               for m in measures] for t in teachers]
+    rows += [[text(name), "untuned"] + ["n/a"] * len(signals)
+             + [_interval(e.summary.get(m)) or "n/a" for m in measures]
+             for name, e in evaluations.items() if name not in named]
+    return "\n\n".join(["## Teachers, signals and realized scores",
+                        "Each teacher's predicted signals and the realized scores of the student tuned on its "
+                        "answers (mean [bootstrap CI over held-out items]); `harness` is the mean over tasks of "
+                        "each lm-evaluation-harness task's primary metric.",
+                        table(["teacher", "chosen as", *signals, *(f"`{m}`" for m in measures)], rows)])
 
 
 def write_pilot_card(report: Any, folder: str | Path, student: str | None = None) -> Path:
