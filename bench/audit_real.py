@@ -100,7 +100,7 @@ def zoo_students(path: Path) -> tuple[list[str], float]:
         reward = "reward" if "reward" in view.column_names else "judge_preference"
         ranked = rank_generators(view, reward_column=reward, beta=1.0, n_bootstrap=0, config={"base_model": student})
         size = f"{len(set(view['instruction_id']))} instructions × {len(ranked)} generators."
-        lines += [f"### Student `{student}`", "", size, "", audited_markdown(audit_leaderboard(ranked, view)), ""]
+        lines += [f"#### Student `{student}`", "", size, "", audited_markdown(audit_leaderboard(ranked, view)), ""]
     return lines, time.perf_counter() - started
 
 
@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/audit_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
     text, text_seconds = zoo_text(Path(args.zoo))
-    lines = ["## 1. The zoo's responses: repetition loops and empty answers (no model)", "",
+    lines = ["### 1. The zoo's responses: repetition loops and empty answers (no model)", "",
              f"{text_seconds:.1f} s for every response of `{Path(args.zoo).name}`.", "", text, ""]
-    lines += ["## 2. The zoo's leaderboards (reward: the judge's preference; β = 1)", ""]
+    lines += ["### 2. The zoo's leaderboards (reward: the judge's preference; β = 1)", ""]
     scored = scored_file(Path(args.zoo_scored))
     if scored.exists():
         part, seconds = zoo_students(scored)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", *part]
     else:
         lines += [f"Not run: `{scored}` is missing.", ""]
-    lines += ["## 3. The pilot's teachers (student SmolLM2-135M-Instruct; reward: correctness; β = 1)", ""]
+    lines += ["### 3. The pilot's teachers (student SmolLM2-135M-Instruct; reward: correctness; β = 1)", ""]
     if Path(args.pilot_pool).exists():
         part, seconds = pilot(Path(args.pilot_pool))
         lines += [f"Ranked and audited in {seconds:.1f} s.", "", *part]

@@ -215,6 +215,10 @@ def report(args: argparse.Namespace) -> int:
         "--output-dir ../runs/zoo-students/matrix --plot",
         "```",
         "",
+        f"Wall time of the scoring: **{sum(seconds.values()) / 60:.1f} min** for both students (the sum of the "
+        "chunks' wall times, one student after the other; model loading not counted)." if seconds else
+        "Wall time of the scoring: not recorded.",
+        "",
         "| student | mean base_loss | mean response tokens | truncated at 512 | scoring time |",
         "|---|---|---|---|---|",
         *rows,

@@ -265,7 +265,7 @@ def test_the_documented_audit_command_runs_as_written_on_tiny_data(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     written = (tmp_path / "AUDIT.md").read_text()
     assert re.search(r"\| `gen-0` +\| 4 +\| 1 \(25.0%\) +\| 0 \(0.0%\) +\| 0 +\|", written)
-    assert "### Student `small`" in written and "### Student `big`" in written
+    assert "#### Student `small`" in written and "#### Student `big`" in written
     assert "- gen-0 (the CAR pick): 25% of its responses are degenerate (loops 25%)" in written
     # The pool: t1 leads up to β = (0.9 - 0.5) / (0.5 * 2 - 0.9 * 0.5) = 0.727, within a factor 2 of β = 1.
     assert "- t1: 25% of its responses are degenerate (loops 25%)" in written

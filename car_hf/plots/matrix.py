@@ -129,7 +129,12 @@ def plot_matrix_iso_car(matrix: Any, *, path: str | Path | None = None, title: s
     ax.set_ylim(y0 - ypad, y1 + ypad)
     xlim, ylim = ax.get_xlim(), ax.get_ylim()
     grid = np.linspace(*xlim, 200)
-    for c in iso_car_levels(beta, xlim, ylim, (reward / (1 + beta * loss))[finite]):
+    kept: list[float] = []  # curves whose right-edge ends are at least 4% of the height apart (labels stay legible)
+    for c in sorted(iso_car_levels(beta, xlim, ylim, (reward / (1 + beta * loss))[finite]), reverse=True):
+        end = min(c * (1 + beta * xlim[1]), ylim[1])
+        if any(abs(end - other) < 0.04 * (ylim[1] - ylim[0]) for other in kept):
+            continue
+        kept.append(end)
         ax.plot(grid, c * (1 + beta * grid), color=ISO_COLOR, linestyle="--", linewidth=0.8, alpha=0.6, zorder=1)
         y_end = c * (1 + beta * xlim[1])
         if ylim[0] < y_end < ylim[1]:  # label the curve where it leaves the axes: the right edge, else the top
