@@ -247,7 +247,16 @@ def report(args: argparse.Namespace) -> int:
         f"- Reward alone (β = 0) picks **{reward_only.winners[matrix.students[0]]}** for every student.",
     ]
     if rho is not None:
-        lines.append(f"- Spearman ρ between the two students' CAR orders of the {len(cars)} teachers: {rho:.3f}.")
+        losses = matrix.pivot("base_loss")
+        rho_loss = spearmanr(losses.iloc[:, 0], losses.iloc[:, 1]).statistic
+        lines.append(f"- Spearman ρ between the two students' CAR orders of the {len(cars)} teachers: {rho:.3f}; "
+                     f"between their mean losses per teacher: {rho_loss:.3f}.")
+    rewards = matrix.pivot("reward").iloc[:, 0]
+    spread = ", ".join(f"{s} {(1 + matrix.pivot('base_loss')[s]).max() / (1 + matrix.pivot('base_loss')[s]).min():.2f}×"
+                       for s in matrix.students)
+    lines.append(f"- Why: across teachers the mean reward spans {rewards.max() / rewards.min():.0f}× (best / worst), "
+                 f"the compatibility factor 1 + L only {spread}; CAR can reorder two teachers only where their "
+                 "rewards are within that factor of each other.")
     lines += [
         "",
         "What this is not: the judge preference is a proxy for quality (AlpacaEval 2 against one reference), and no "

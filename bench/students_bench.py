@@ -115,16 +115,17 @@ def run(students: list[str], reward: Any, rows: list[dict], max_length: int) -> 
                    device="cpu")
     clear_model_cache()
     with counting() as joint_counts:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         joint = add_car(base_model=students, **options).map(ds, batch_size=64)
-        joint_seconds = time.perf_counter() - start
-    separate, separate_seconds = [], 0.0
+        joint_seconds, joint_cpu = time.perf_counter() - start, time.process_time() - cpu
+    separate, separate_seconds, separate_cpu = [], 0.0, 0.0
     with counting() as separate_counts:
         for student in students:
             clear_model_cache()  # a separate run loads its student afresh, as the joint run does
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             separate.append(add_car(base_model=student, **options).map(ds, batch_size=64))
             separate_seconds += time.perf_counter() - start
+            separate_cpu += time.process_time() - cpu
     clear_model_cache()
     worst = 0.0
     for label, single in zip(labels, separate):
@@ -136,7 +137,8 @@ def run(students: list[str], reward: Any, rows: list[dict], max_length: int) -> 
             worst = float("inf")
     rewards_equal = all(np.allclose(joint["reward"], single["reward"], atol=TOLERANCE) for single in separate)
     return {"k": len(students), "rows": len(ds), "labels": labels, "joint": joint_counts, "separate": separate_counts,
-            "joint_seconds": joint_seconds, "separate_seconds": separate_seconds, "worst": worst,
+            "joint_seconds": joint_seconds, "separate_seconds": separate_seconds, "joint_cpu": joint_cpu,
+            "separate_cpu": separate_cpu, "worst": worst,
             "rewards_equal": rewards_equal}
 
 
@@ -150,16 +152,18 @@ def report(result: dict[str, Any]) -> tuple[str, bool]:
     lines = [
         f"{k} students ({', '.join(result['labels'])}), {n} rows, one reward model:",
         "",
-        "| way | loss rows scored | reward rows scored | models in memory during a loss pass | wall s |",
-        "|---|---|---|---|---|",
+        "| way | loss rows scored | reward rows scored | models in memory during a loss pass | wall s | CPU s |",
+        "|---|---|---|---|---|---|",
         f"| joint `add_car(base_model=[...]).map` | {sum(joint['loss'].values())} ({k} x {n}) | {joint['reward']} "
-        f"| {max(joint['held'])} | {result['joint_seconds']:.1f} |",
+        f"| {max(joint['held'])} | {result['joint_seconds']:.1f} | {result['joint_cpu']:.1f} |",
         f"| {k} separate runs | {sum(separate['loss'].values())} | {separate['reward']} ({k} x {n}) "
-        f"| {max(separate['held'])} | {result['separate_seconds']:.1f} |",
+        f"| {max(separate['held'])} | {result['separate_seconds']:.1f} | {result['separate_cpu']:.1f} |",
         "",
         f"reward passes: joint {joint['reward'] / n:.0f}, separate {separate['reward'] / n:.0f}; "
         f"loss passes: joint {sum(joint['loss'].values()) / n:.0f}, separate {sum(separate['loss'].values()) / n:.0f}",
-        f"time joint / separate: {result['joint_seconds'] / result['separate_seconds']:.2f}",
+        f"time joint / separate: wall {result['joint_seconds'] / result['separate_seconds']:.2f}, "
+        f"CPU {result['joint_cpu'] / result['separate_cpu']:.2f} (this process's CPU seconds, all threads: less "
+        "sensitive than the wall clock to other work on the machine)",
         f"agreement (fp32, per-student columns joint vs separate, <= {TOLERANCE:g}): "
         f"{'OK' if result['worst'] <= TOLERANCE else 'FAILED'} (largest difference {result['worst']:.2e})",
         f"checks (k loss passes, 1 reward pass, 1 model in memory): {'OK' if ok else 'FAILED'}",

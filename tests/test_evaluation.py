@@ -178,7 +178,7 @@ def test_a_lora_adapter_is_evaluated_on_its_base(tmp_path, tiny_model_dir, heldo
 def test_evaluation_identity_changes_with_the_scorers():
     one = EvaluationConfig(metric=ANSWER_MATCH).identity()
     assert one != EvaluationConfig(metric=ANSWER_MATCH, metric_key="f1").identity()
-    assert one["extractor"] == "car_hf.generation.tasks.extract_answer"
+    assert one["extractor"]["name"] == "car_hf.generation.tasks.extract_answer" and len(one["extractor"]["source"]) == 16
 
 
 def test_evaluate_recipe_compares_the_student_with_its_baseline(tmp_path, tiny_model_dir, heldout, hf_cache):
