@@ -98,7 +98,6 @@ def score_student(zoo, n_rows: int, model_id: str, max_length: int, cache_root: 
 def score(args: argparse.Namespace) -> int:
     """Score the first ``args.instructions`` instructions under every student; write ``<out>/scored.parquet``."""
     import datasets
-    import pandas as pd
 
     from car_hf import add_base_loss
     from car_hf.core.students import student_column, student_label
@@ -121,21 +120,20 @@ def score(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    frame = pd.DataFrame({
-        "instruction_id": dataset["instruction_id"], "dataset": dataset["dataset"],
-        "instruction": dataset["instruction"], "generator": dataset["generator"],
-        "output": dataset["output"], "reward": dataset["judge_preference"],
-    })
+    # A Dataset, not a pandas frame: pandas' to_parquet writes a NaN loss (an empty response) as null, which reads
+    # back as "never scored under that student" (car_hf.core.students.check_student_rows).
+    frame = dataset.select_columns(["instruction_id", "dataset", "instruction", "generator", "output",
+                                    "judge_preference"]).rename_column("judge_preference", "reward")
     timing = {}
     for model_id in args.students:
         label = student_label(model_id)
         log(f"scoring {len(dataset)} rows under {model_id}")
         columns, seconds = score_student(zoo, len(dataset), model_id, args.max_length, out / "cache")
         for column, values in columns.items():
-            frame[student_column(column, label)] = values
+            frame = frame.add_column(student_column(column, label), values)
         timing[label] = seconds
         log(f"{label}: {seconds:.0f} s of scoring")
-    frame.to_parquet(out / "scored.parquet", index=False)
+    frame.to_parquet(str(out / "scored.parquet"))
     meta = {
         "instructions": args.instructions, "seed": args.seed, "rows": len(frame), "students": args.students,
         "max_length": args.max_length, "threads": args.threads, "scoring_seconds": timing,
@@ -244,7 +242,10 @@ def report(args: argparse.Namespace) -> int:
         + "; ".join(f"{s}: {regret.loc[s, 'regret']:.4f} CAR ({100 * regret.loc[s, 'regret_rel']:.1f}% of its "
                     f"winner's; 95% interval [{regret.loc[s, 'regret_low']:.4f}, {regret.loc[s, 'regret_high']:.4f}])"
                     for s in matrix.students) + ".",
-        f"- Reward alone (β = 0) picks **{reward_only.winners[matrix.students[0]]}** for every student.",
+        f"- Reward alone (β = 0) picks **{reward_only.winners[matrix.students[0]]}** for every student; CAR's order of "
+        "the teachers equals the reward-only order for "
+        + ", ".join(f"{s}: {'yes' if (matrix.pivot('rank')[s] == reward_only.pivot('rank').reindex(matrix.teachers)[s]).all() else 'no'}"
+                    for s in matrix.students) + ".",
     ]
     if rho is not None:
         losses = matrix.pivot("base_loss")
