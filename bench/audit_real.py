@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -70,19 +69,28 @@ def scored_file(path: Path) -> Path:
     return stages[-1] if stages else path / "scored.parquet"
 
 
-def _student_views(path: Path) -> list[tuple[str, Any]]:
-    """(student label, that student's view of the rows: :func:`car_hf.core.students.student_view`) per student."""
-    import datasets
+def _student_views(path: Path) -> list[tuple[str, pd.DataFrame]]:
+    """(student label, that student's rows with its columns under the plain names) per student of the file.
 
-    from car_hf.core.students import student_view, students_in
+    Renamed here with :func:`car_hf.core.students.student_columns` rather than ``student_view``, whose check refuses
+    the NaN loss of an empty answer once a parquet round trip has made it a null (two gemma-2b-it rows of the zoo):
+    ``rank_generators`` leaves such rows out of the means and counts them (``n_scored``), as for any NaN loss.
+    """
+    from car_hf.core.students import student_columns, students_in
 
-    data = datasets.Dataset.from_pandas(pd.read_parquet(path), preserve_index=False)
-    labels = students_in(data.column_names)
+    frame = pd.read_parquet(path)
+    labels = students_in(list(frame.columns))
     if not labels:
         config = path.with_name(path.name + ".car_config.json")
         base = json.loads(config.read_text()).get("base_model", "student") if config.exists() else "student"
-        return [(str(base).split("/")[-1], data)]
-    return [(label, student_view(data, label)) for label in labels]
+        return [(str(base).split("/")[-1], frame)]
+    views = []
+    for label in labels:
+        own = student_columns(label, list(frame.columns))
+        others = [c for c in frame.columns if "@" in c and c not in own]
+        views.append((label, frame.drop(columns=[*others, *(p for p in own.values() if p in frame.columns)])
+                      .rename(columns=own)))
+    return views
 
 
 def audited_markdown(audited: pd.DataFrame) -> str:
@@ -95,9 +103,9 @@ def zoo_students(path: Path) -> tuple[list[str], float]:
     started = time.perf_counter()
     lines = []
     for label, view in _student_views(path):
-        view = view.filter(lambda generator: generator != REFERENCE, input_columns="generator")
+        view = view[view["generator"] != REFERENCE].reset_index(drop=True)
         student = STUDENTS.get(label, label)
-        reward = "reward" if "reward" in view.column_names else "judge_preference"
+        reward = "reward" if "reward" in view.columns else "judge_preference"
         ranked = rank_generators(view, reward_column=reward, beta=1.0, n_bootstrap=0, config={"base_model": student})
         size = f"{len(set(view['instruction_id']))} instructions × {len(ranked)} generators."
         lines += [f"#### Student `{student}`", "", size, "", audited_markdown(audit_leaderboard(ranked, view)), ""]
