@@ -227,7 +227,7 @@ def test_rows_missing_a_students_columns_are_named_and_nothing_is_dropped(zoo, d
     only_first = ds.select(range(12, 18)).map(one, batched=True, with_indices=True)  # llama-chat's columns only
     only_first = only_first.add_column("reward", only_first["judge_preference"])
     mixed = concatenate_datasets([both, only_first])  # rows 12-17 were never scored under gemma-plain
-    with pytest.raises(InputError, match=r"rows \[12, 13, 14, 15, 16, 17\], column 'base_loss@gemma-plain': 6 of 18 "
+    with pytest.raises(InputError, match=r"rows \[12, 13, 14, 15, 16, 17\], column 'base_loss_tokens@gemma-plain': 6 of 18 "
                                          r"rows were never scored under student 'gemma-plain'"):
         select_generator(mixed, student="gemma-plain", n_bootstrap=0)
     with pytest.raises(InputError, match="never scored under student 'gemma-plain'"):
@@ -311,3 +311,20 @@ def test_students_bench_quick_counts_k_loss_passes_and_one_reward_pass():
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "reward passes: joint 1, separate 3; loss passes: joint 3, separate 3" in result.stdout
     assert "checks (k loss passes, 1 reward pass, 1 model in memory): OK" in result.stdout
+
+
+def test_a_nan_loss_that_became_null_in_a_parquet_round_trip_is_still_a_scored_row(tmp_path):
+    """An empty answer's NaN loss turns into a null through pandas/parquet; its token count (0) says it was scored."""
+    import pandas as pd
+    from datasets import Dataset
+
+    from car_hf.core.students import check_student_rows
+
+    frame = pd.DataFrame({"base_loss@a": [1.0, float("nan")], "base_loss_tokens@a": [4, 0]})
+    frame.to_parquet(tmp_path / "scored.parquet")
+    back = Dataset.from_parquet(str(tmp_path / "scored.parquet"))
+    assert back["base_loss@a"] == [1.0, None]  # the round trip made the NaN a null
+    assert check_student_rows(back) == ["a"]
+    never = Dataset.from_dict({"base_loss@a": [1.0, None], "base_loss_tokens@a": [4, None]})
+    with pytest.raises(InputError, match=r"rows \[1\], column 'base_loss_tokens@a': 1 of 2 rows were never scored"):
+        check_student_rows(never)

@@ -236,7 +236,8 @@ def check_student_rows(data: Any, labels: Sequence[str] | None = None, names: Se
     ``data`` is a ``datasets.Dataset`` or a mapping of columns (a pandas frame turns None into NaN: pass a Dataset
     or a dict to tell them apart). A NaN loss is a value (an empty or fully truncated response, counted as
     unscored); a missing value (null) means the row was never scored under that student, e.g. data concatenated
-    from runs with other students.
+    from runs with other students. When ``base_loss_tokens@<label>`` is present, its nulls decide (a parquet
+    round trip through pandas turns a NaN loss into a null; the token count of a scored row is never missing).
 
     Raises:
         InputError: a student's column is missing, or missing on some rows; the message names the student, the
@@ -250,10 +251,14 @@ def check_student_rows(data: Any, labels: Sequence[str] | None = None, names: Se
         if column not in columns:
             raise InputError(f"student {label!r} has no column {column!r}; the data holds the students {present} "
                              f"(columns {columns})")
-        missing = missing_rows(data, column)
+        # The token count is never NaN on a scored row (an empty response has 0 tokens), so it survives the
+        # NaN -> null of a pandas/parquet round trip that the loss does not; the loss decides only without it.
+        tokens = student_column("base_loss_tokens", label)
+        missing = missing_rows(data, tokens if tokens in columns else column)
         if missing:
             shown = [names[i] if names is not None else i for i in missing[:_SHOWN]]
             more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+            column = tokens if tokens in columns else column
             raise InputError(f"rows {shown}{more}, column {column!r}: {len(missing)} of {len(data[column])} rows were "
                              f"never scored under student {label!r} (missing values, not NaN): score that student on "
                              "every row (car-hf score adds only the missing students); no row was dropped")

@@ -51,6 +51,11 @@ def _frame(matrix: Any, value: str) -> pd.DataFrame:
         index=list(matrix.teachers), columns=list(matrix.students))
 
 
+def _reward_name(attrs: Any) -> str:
+    """Where the rewards came from: the reward model, else a recorded ``reward_source``, else the reward column."""
+    return str(attrs.get("reward_model") or attrs.get("reward_source") or attrs.get("reward_column") or "reward")
+
+
 def plot_matrix_heatmap(matrix: Any, *, path: str | Path | None = None, title: str | None = None) -> Figure:
     """Heatmap of teachers (rows, best common teacher first) × students (columns): CAR rank in each cell.
 
@@ -95,7 +100,7 @@ def plot_matrix_heatmap(matrix: Any, *, path: str | Path | None = None, title: s
     level = matrix.attrs.get("confidence")
     undecided = f"hatched ≈: rank undecided at {level:.0%} (rank interval)" if has_ci and level else "no intervals"
     ax.set_title(title or f"CAR rank of each teacher per student · ★ the student's winner\n{undecided}\n"
-                          f"β = {matrix.attrs.get('beta')} · reward: {matrix.attrs.get('reward_column') or 'reward'}",
+                          f"β = {matrix.attrs.get('beta')} · reward: {_reward_name(matrix.attrs)}",
                  fontsize=8.5, pad=28)
     bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
     bar.set_label("CAR / the student's best CAR", fontsize=8)
@@ -153,7 +158,7 @@ def plot_matrix_iso_car(matrix: Any, *, path: str | Path | None = None, title: s
             ax.scatter([loss[i, j]], [reward[i, j]], s=size, marker=marker, color=color, zorder=4 if winner[i, j] else 3,
                        edgecolor=BEST_COLOR if winner[i, j] else "white", linewidth=1.8 if winner[i, j] else 0.6)
     ax.set_xlabel("mean response loss L under the student [nats/token]", fontsize=9)
-    ax.set_ylabel(f"mean reward r [{matrix.attrs.get('reward_column') or 'reward'}]", fontsize=9)
+    ax.set_ylabel(f"mean reward r [{_reward_name(matrix.attrs)}]", fontsize=9)
     ax.set_title(title or f"Teachers × students · iso-CAR r = c·(1 + {beta:g}·L) (dashed) · "
                           "red edge: the student's winner", fontsize=9)
     ax.tick_params(labelsize=8)
