@@ -32,6 +32,7 @@ from car_hf.ranking.stopping import AdaptiveResult
 from car_hf.ranking.adaptive import rank_adaptive
 from car_hf.core.config import DEMO_MAX_LENGTH, CARConfig
 from car_hf.publishing.folders import write_ranking
+from car_hf.ranking.audit import audit_leaderboard
 from car_hf.scoring.scorer import CARScorer
 
 ZOO_FILE = Path("alpaca_eval_zoo") / "zoo.jsonl.gz"
@@ -135,5 +136,6 @@ def run_demo(
     result = rank_adaptive(ds, scorer, beta=config.beta, reward_transform=config.reward_transform,
                            confidence=confidence, max_examples=max_examples, seed=seed, checkpoint=out / "checkpoint",
                            config=scorer.scoring_config() | {"excluded_reference_generators": excluded})
+    result.table = audit_leaderboard(result.table, result.scored)  # the signal audit, as every leaderboard
     write_ranking(out, result.table, result.scored, examples=result.scored)
     return result

@@ -259,7 +259,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.output_dir, config=config_from_args(args), zoo=args.zoo, max_examples=args.max_examples,
                       confidence=args.confidence, seed=args.seed, include_reference=args.include_reference)
     excluded = result.table.attrs["car"].get("excluded_reference_generators")
+    from car_hf.ranking.audit import audit_markdown
+
     print(ranking_markdown(result.table))
+    print("\n" + audit_markdown(result.table))
     print()
     print(result.summary())
     if excluded:
