@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ im
     from car_hf.generation.teacher import TeacherConfig
     from car_hf.ranking.adaptive import rank_adaptive
     from car_hf.ranking.leaderboard import BetaFit, fit_beta, rank_generators, spearman_table
-    from car_hf.ranking.stopping import AdaptiveResult
+    from car_hf.ranking.results import AdaptiveResult
     from car_hf.ranking.trial import rank_teachers
     from car_hf.scoring.loss import add_base_loss
     from car_hf.scoring.reward import DEFAULT_REWARD_MODEL, add_reward
@@ -54,7 +54,7 @@ _SUBMODULES = {
     "generation.teacher": ("TeacherConfig",),
     "ranking.adaptive": ("rank_adaptive",),
     "ranking.leaderboard": ("BetaFit", "fit_beta", "rank_generators", "spearman_table"),
-    "ranking.stopping": ("AdaptiveResult",),
+    "ranking.results": ("AdaptiveResult",),
     "ranking.trial": ("rank_teachers",),
     "scoring.loss": ("add_base_loss",),
     "scoring.reward": ("DEFAULT_REWARD_MODEL", "add_reward"),

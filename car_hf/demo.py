@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import datasets
 
-from car_hf.ranking.stopping import AdaptiveResult
+from car_hf.ranking.results import AdaptiveResult
 from car_hf.ranking.adaptive import rank_adaptive
 from car_hf.core.config import DEMO_MAX_LENGTH, CARConfig
 from car_hf.publishing.folders import write_ranking

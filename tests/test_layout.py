@@ -153,7 +153,7 @@ def test_every_old_module_path_still_imports():
         assert report[old]["same"] and report[old]["names"], old
         assert len(report[old]["warned"]) == 1 and new_path(old) in report[old]["warned"][0], old
     assert all(report[old] for old in BECAME_PACKAGES)
-    assert report["names"] == ["car_hf.ranking.leaderboard", "car_hf.ranking.leaderboard", "car_hf.ranking.stopping"]
+    assert report["names"] == ["car_hf.ranking.leaderboard", "car_hf.ranking.leaderboard", "car_hf.ranking.results"]
 
 
 @pytest.mark.parametrize("stage", LAYERS)

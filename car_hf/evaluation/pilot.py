@@ -2,7 +2,7 @@
 
 :func:`run_pilot` takes a scored pool (a long-layout Dataset/DataFrame with ``instruction``/``prompt``/
 ``messages``, the response, the generator column, a reward column and ``base_loss``; or a teacher trial's
-:class:`~car_hf.ranking.trial.TrialResult`) and:
+:class:`~car_hf.ranking.results.TrialResult`) and:
 
 1. chooses K teachers (:func:`choose_teachers`; default: CAR's top 3, the reward-only winner and CAR's bottom,
    deduplicated);

@@ -6,7 +6,7 @@ from car_hf._lazy import lazy_exports
 
 _MODULES = {
     "leaderboard": ("rank_generators", "fit_beta", "BetaFit", "spearman_table"), "adaptive": ("rank_adaptive",),
-    "stopping": ("AdaptiveResult",), "trial": ("rank_teachers",), "audit": ("audit_leaderboard",),
+    "results": ("AdaptiveResult", "TrialResult"), "trial": ("rank_teachers",), "audit": ("audit_leaderboard",),
 }
 __all__ = sorted(name for names in _MODULES.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _MODULES, legacy="car_hf.ranking.leaderboard")

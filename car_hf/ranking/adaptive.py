@@ -31,8 +31,8 @@ import pandas as pd
 from car_hf.core.cache import ScoreCache, rows_digest, scoring_key
 from car_hf.core.data import map_scores
 from car_hf.ranking.leaderboard import bootstrap_car, rank_generators
+from car_hf.ranking.results import AdaptiveResult
 from car_hf.ranking.stopping import (
-    AdaptiveResult,
     DEFAULT_MIN_INSTRUCTIONS,
     DEFAULT_N_BOOTSTRAP,
     DEFAULT_ROUND_GROWTH,
@@ -108,7 +108,7 @@ def rank_adaptive(
             ``max_examples`` then budgets the responses generated); ``students``: several students, as there.
 
     Returns:
-        :class:`AdaptiveResult` (:class:`~car_hf.ranking.trial.TrialResult` with ``teachers``).
+        :class:`AdaptiveResult` (:class:`~car_hf.ranking.results.TrialResult` with ``teachers``).
     """
     import datasets
 

@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from car_hf.core.car import transform_rewards
 from car_hf.core.inputs import check_numbers
@@ -391,45 +390,3 @@ def plan_rounds(
         looks.append(n)
         n = min(max(n + round_size, math.ceil(n * (1 + round_growth))), cap)
     return looks
-
-
-@dataclass
-class AdaptiveResult:
-    """What :func:`rank_adaptive` returns.
-
-    ``table`` is :func:`car_hf.rank_generators` on the scored rows (best first) plus ``p_beats_next`` (win
-    probability against the generator ranked just below); ``table.attrs["car"]["adaptive"]`` records the rule,
-    the budget and why it stopped. ``scored`` holds the scored rows (input and score columns) in dataset order,
-    ``indices`` their row numbers in the input dataset.
-    """
-
-    table: pd.DataFrame
-    scored: Any
-    indices: list[int]
-    n_scored: int
-    n_total: int
-    n_instructions: int
-    n_instructions_total: int
-    rounds: int
-    stopped_because: str
-    undecided: list[dict[str, Any]]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    decision: StopDecision | None = None
-
-    @property
-    def fraction_scored(self) -> float:
-        return self.n_scored / self.n_total if self.n_total else float("nan")
-
-    def summary(self) -> str:
-        """One paragraph for a log or the CLI."""
-        adaptive = self.table.attrs.get("car", {}).get("adaptive", {})
-        lines = [(
-            f"adaptive ranking: stopped ({self.stopped_because}) after {self.rounds} round(s): {self.n_scored} of "
-            f"{self.n_total} rows ({100 * self.fraction_scored:.1f}%), {self.n_instructions} of "
-            f"{self.n_instructions_total} instructions; target={adaptive.get('target')}, confidence="
-            f"{adaptive.get('confidence')} (each tested pair >= {adaptive.get('level', float('nan')):.4g}, "
-            f"{adaptive.get('correction')})"
-        )]
-        for pair in self.undecided:
-            lines.append(f"  undecided: {pair['better']} over {pair['worse']}: P = {pair['p_win']:.3f}")
-        return "\n".join(lines)

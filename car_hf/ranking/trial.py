@@ -46,12 +46,11 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from car_hf.ranking.stopping import AdaptiveResult
+from car_hf.ranking.results import TrialResult
 from car_hf.core.cache import ScoreCache, rows_digest, scorer_identity, scoring_key
 from car_hf.core.data import map_scores
 from car_hf.core.errors import ConfigError
@@ -75,55 +74,6 @@ from car_hf.ranking.stopping import (
 logger = logging.getLogger(__name__)
 
 ID = "instruction_id"
-
-
-@dataclass
-class TrialResult(AdaptiveResult):
-    """:class:`~car_hf.ranking.adaptive.AdaptiveResult` of a trial, plus what generation cost.
-
-    ``scored`` holds every generated and scored row (instruction columns, the response columns, ``generator``
-    naming the teacher, the score columns); ``eliminated`` lists ``{"generator", "round", "n_instructions",
-    "p_leader_wins"}`` (with several students also ``"student"``: None for the common target);
-    ``responses_exhaustive`` is what answering every instruction with every teacher costs. With several students:
-    ``students`` (labels), ``tables`` (each student's leaderboard; ``table`` stacks them with a ``student``
-    column), ``winners`` (student → teacher) and ``responses_separate`` (student → what a trial for it alone
-    generates; empty for the common target).
-    """
-
-    responses_generated: int = 0
-    responses_exhaustive: int = 0
-    eliminated: list[dict[str, Any]] = field(default_factory=list)
-    students: list[str] = field(default_factory=list)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    winners: dict[str, Any] = field(default_factory=dict)
-    responses_separate: dict[str, int] = field(default_factory=dict)
-
-    def cost_line(self) -> str:
-        share = self.responses_generated / self.responses_exhaustive if self.responses_exhaustive else float("nan")
-        line = (f"generated {self.responses_generated} responses of the exhaustive trial's "
-                f"{self.responses_exhaustive} ({100 * share:.1f}%)")
-        if len(self.students) > 1 and self.responses_separate:
-            total = sum(self.responses_separate.values())
-            line += (f"; one trial per student would generate {total} ("
-                     + " + ".join(f"{s} {n}" for s, n in self.responses_separate.items())
-                     + f"): this trial generated {100 * self.responses_generated / total:.1f}% of them")
-        elif len(self.students) > 1:
-            line += f", for {len(self.students)} students at once (target=common: one teacher for all)"
-        return line
-
-    def summary(self) -> str:
-        trial = self.table.attrs.get("car", {}).get("trial", {})
-        lines = [f"teacher trial: stopped ({self.stopped_because}) after {self.rounds} round(s), {self.n_instructions} "
-                 f"of {self.n_instructions_total} instructions; target={trial.get('target')}, confidence="
-                 f"{trial.get('confidence')} (each comparison >= {trial.get('level', float('nan')):.4g}, "
-                 f"{trial.get('correction')})", self.cost_line()]
-        if self.students:
-            lines.append("  winners: " + ", ".join(f"{s} → {t}" for s, t in self.winners.items()))
-        at = lambda e: f" for {e['student']}" if e.get("student") else ""  # noqa: E731
-        lines += [f"  undecided{at(p)}: {p['better']} over {p['worse']}: P = {p['p_win']:.3f}" for p in self.undecided]
-        lines += [f"  eliminated{at(e)} after {e['n_instructions']} instructions: {e['generator']} (P(leader wins) = "
-                  f"{e['p_leader_wins']:.3f})" for e in self.eliminated]
-        return "\n".join(lines)
 
 
 def _label(teacher: Any) -> str:
