@@ -181,3 +181,32 @@ def test_rank_with_a_pool_transform_scores_then_rescales_negative_rewards(tmp_pa
     assert json.loads((out / "car_config.json").read_text())["reward_transform"] == "minmax"
     assert table["reward"].between(0, 1).all()  # rescaled over the pool, so CAR is defined
     assert "car" not in load_from_disk(str(out / "scored")).column_names  # no per-row CAR under a pool transform
+
+
+def test_a_refused_model_dry_run_leaves_nothing_and_a_used_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """`car-hf push MODEL --dry-run DIR`: a push refused after the copy removes DIR (the same command can be re-run);
+    a DIR that exists with files is one error line, exit 2, not a FileExistsError traceback."""
+    from car_hf.core.errors import ConfigError
+    from car_hf.publishing import hub
+
+    model = tmp_path / "sft"
+    model.mkdir()
+    (model / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base"}))
+    (model / "adapter_model.safetensors").write_bytes(b"0")
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("refused for the test")
+
+    monkeypatch.setattr(hub, "push_model", refuse)
+    out = tmp_path / "dry"
+    assert main(["push", str(model), "me/model", "--dry-run", str(out)]) == 2
+    assert "refused for the test" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    (out / "kept.txt").write_text("mine")
+    monkeypatch.undo()
+    assert main(["push", str(model), "me/model", "--dry-run", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--dry-run {out} exists and is not empty" in err
+    assert (out / "kept.txt").read_text() == "mine"
+    assert main(["push", str(model), "me/model", "--dry-run", str(tmp_path / "fresh")]) == 0
+    assert (tmp_path / "fresh" / "README.md").exists() and (tmp_path / "fresh" / "adapter_model.safetensors").exists()

@@ -284,13 +284,21 @@ def cmd_push(args: argparse.Namespace) -> int:
     if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
         base_model = args.base_model or _trained_base_model(folder)
         summary = read_selection_summary(folder)  # any selection mode, recorded by car_hf's Trainer callback
-        if args.dry_run:  # the exact folder: a copy with the card written in, as push_model would send it
+        copy = Path(args.dry_run) if args.dry_run else None
+        if copy is not None:  # the exact folder: a copy with the card written in, as push_model would send it
             import shutil
 
+            if copy.exists() and any(copy.iterdir()):
+                raise ConfigError(f"--dry-run {copy} exists and is not empty: remove it or choose another folder")
             skipped = shutil.ignore_patterns("checkpoint-*", "_*", ".*")  # what push_model does not upload
-            folder = Path(shutil.copytree(folder, args.dry_run, ignore=skipped))
-        result = hub.push_model(folder, args.repo_id, base_model=base_model, dataset_repo=args.dataset_repo,
-                                selection_summary=summary, dry_run=bool(args.dry_run), **common)
+            folder = Path(shutil.copytree(folder, copy, ignore=skipped, dirs_exist_ok=True))
+        try:
+            result = hub.push_model(folder, args.repo_id, base_model=base_model, dataset_repo=args.dataset_repo,
+                                    selection_summary=summary, dry_run=copy is not None, **common)
+        except BaseException:
+            if copy is not None:  # a refused dry run leaves nothing behind, so the same command can be re-run
+                shutil.rmtree(copy, ignore_errors=True)
+            raise
     elif (folder / "matrix.json").exists() and not (folder / "leaderboard.csv").exists():  # several students
         from car_hf.core.data import load_data, read_config
         from car_hf.ranking.matrix import Matrix

@@ -114,7 +114,7 @@ class TeacherConfig:
     )
     max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai)."})
     max_retries: int = field(
-        default=5, metadata={"help": "Retries of a request after 429, 5xx, timeouts or malformed answers (openai)."})
+        default=5, metadata={"help": "Retries of a request after 429, 5xx, timeouts or connection errors (openai)."})
     retry_backoff: float = field(
         default=1.0, metadata={"help": "First retry delay in seconds, doubled at each retry, at most 60 s (openai)."})
     request_timeout: float = field(default=600.0, metadata={"help": "Seconds before a request times out (openai)."})
