@@ -53,6 +53,9 @@ def test_trial_from_a_teachers_file_writes_a_pushable_ranking(tmp_path, hf_cache
     scored = load_from_disk(str(out / "scored"))
     assert {"response", "reward", "base_loss", "car", "generator"} <= set(scored.column_names)
     assert json.loads((out / "car_config.json").read_text())["trial"]["teachers"] == ["terse", "wordy"]
+    # the signal audit: its columns in the leaderboard, its notes printed and kept (2-token answers are not loops)
+    assert "Signal audit:" in printed and table["loop_share"].tolist() == [0.0, 0.0]
+    assert json.loads((out / "car_config.json").read_text())["audit"]["notes"]
     assert main(["push", str(out), "me/trial", "--dry-run", str(tmp_path / "up")]) == 0
 
 

@@ -133,7 +133,13 @@ def cmd_trial(args: argparse.Namespace) -> int:
         matrix = rank_matrix(result.scored, result.students, beta=trial["beta"],
                              reward_transform=trial["reward_transform"], confidence=args.confidence,
                              n_bootstrap=args.bootstrap, seed=args.seed, config={"trial": trial["trial"]})
-    print(matrix.markdown() if matrix is not None else ranking_markdown(result.table))
+    if matrix is None:  # the signal audit of the trial's leaderboard (the matrix audits each student's own)
+        from car_hf.ranking.audit import audit_leaderboard, audit_markdown
+
+        result.table = audit_leaderboard(result.table, result.scored)
+        print(ranking_markdown(result.table) + "\n\n" + audit_markdown(result.table))
+    else:
+        print(matrix.markdown())
     print("\n" + result.summary())
     retries = retry_summary(retry_counts(generators) - before)
     if retries:
