@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ im
     from car_hf.generation.teacher import TeacherConfig
     from car_hf.ranking.adaptive import rank_adaptive
     from car_hf.ranking.leaderboard import BetaFit, fit_beta, rank_generators, spearman_table
+    from car_hf.ranking.matrix import rank_matrix
     from car_hf.ranking.results import AdaptiveResult
     from car_hf.ranking.trial import rank_teachers
     from car_hf.scoring.loss import add_base_loss
@@ -54,6 +55,7 @@ _SUBMODULES = {
     "generation.teacher": ("TeacherConfig",),
     "ranking.adaptive": ("rank_adaptive",),
     "ranking.leaderboard": ("BetaFit", "fit_beta", "rank_generators", "spearman_table"),
+    "ranking.matrix": ("rank_matrix",),
     "ranking.results": ("AdaptiveResult",),
     "ranking.trial": ("rank_teachers",),
     "scoring.loss": ("add_base_loss",),
@@ -88,6 +90,7 @@ __all__ = [
     "load_model",
     "rank_adaptive",
     "rank_generators",
+    "rank_matrix",
     "rank_teachers",
     "select_generator",
     "spearman_table",
