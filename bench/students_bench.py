@@ -42,8 +42,9 @@ REAL_STUDENTS = ["HuggingFaceTB/SmolLM2-135M-Instruct", "google/gemma-3-270m"]
 
 
 @contextlib.contextmanager
-def counting() -> Iterator[dict[str, Any]]:
-    """Count the rows each car_hf scoring pass sees: ``{"loss": {model: rows}, "reward": rows, "held": [...]}``."""
+def counting(name: Any = str) -> Iterator[dict[str, Any]]:
+    """Count the rows each car_hf scoring pass sees: ``{"loss": {model: rows}, "reward": rows, "held": [...]}``;
+    ``name`` turns a student's model spec into its key (tests/test_students.py counts by folder name)."""
     from car_hf.core import models
     from car_hf.scoring.loss import BaseLossScorer
     from car_hf.scoring.reward import RewardScorer
@@ -53,7 +54,7 @@ def counting() -> Iterator[dict[str, Any]]:
     loss_score, reward_score = BaseLossScorer.score, RewardScorer.score
 
     def loss(self: Any, model: Any, tokenizer: Any, examples: list) -> Any:
-        counts["loss"][self.model.spec or self.model.fingerprint] += len(examples)
+        counts["loss"][name(self.model.spec or self.model.fingerprint)] += len(examples)
         counts["loss_calls"] += 1
         counts["held"].append(len(models._MEMO))  # models held by car_hf's memo during this pass
         return loss_score(self, model, tokenizer, examples)

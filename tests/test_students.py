@@ -6,8 +6,6 @@ chat template, a Llama with another BPE vocabulary), a tiny reward model, 18 syn
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 import json
 import subprocess
@@ -19,15 +17,17 @@ import pytest
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 import tiny
+
 from car_hf import add_base_loss, add_car
 from car_hf.core import models
 from car_hf.core.config import CARConfig
 from car_hf.core.errors import ConfigError, InputError
 from car_hf.core.students import (check_student_rows, match_student, student_column, student_data, student_labels,
                                   students_in)
-from car_hf.scoring.loss import BaseLossScorer
-from car_hf.scoring.reward import RewardScorer
 from car_hf.training.selection import select, select_generator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import students_bench  # noqa: E402  (its pass counter)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = dict(max_length=256, dtype="float32", device="cpu")
@@ -54,26 +54,10 @@ def ds():
     return Dataset.from_list(tiny.sample_rows())
 
 
-@contextlib.contextmanager
 def counting():
-    """Rows each loss pass scored, by model folder name; reward rows; models in car_hf's memo during loss passes."""
-    counts = {"loss": collections.Counter(), "reward": 0, "held": []}
-    loss_score, reward_score = BaseLossScorer.score, RewardScorer.score
-
-    def loss(self, model, tokenizer, examples):
-        counts["loss"][Path(self.model.spec).name] += len(examples)
-        counts["held"].append(len(models._MEMO))
-        return loss_score(self, model, tokenizer, examples)
-
-    def reward(self, model, tokenizer, examples):
-        counts["reward"] += len(examples)
-        return reward_score(self, model, tokenizer, examples)
-
-    BaseLossScorer.score, RewardScorer.score = loss, reward
-    try:
-        yield counts
-    finally:
-        BaseLossScorer.score, RewardScorer.score = loss_score, reward_score
+    """Rows each loss pass scored, by model folder name; reward rows; models in car_hf's memo during loss passes
+    (the benchmark's counter, bench/students_bench.py)."""
+    return students_bench.counting(name=lambda spec: Path(spec).name)
 
 
 # ------------------------------------------------------------------------------------------------ labels and columns
