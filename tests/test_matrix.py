@@ -254,3 +254,22 @@ def test_the_real_run_scores_zoo_rows_per_student_and_resumes_from_its_cache(tmp
     assert matrix_real.main(argv) == 0  # the second run reads the cache: nothing is scored again
     assert "rows 0-9 in" not in capfd.readouterr().err
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scored.parquet"), frame)
+
+
+def test_each_student_gets_its_own_signal_audit():
+    """The audit runs per student: loops are the teacher's (the same under both), the signals' agreement is each
+    student's own — under "big" CAR, reward and likelihood all pick t-long, under "small" CAR picks t-short."""
+    rows = scored_rows()
+    loop = " ".join(["the same words again and again"] * 20)
+    rows["output"] = [loop if g == "t-mid" else f"answer {i} from {g}, in a few plain words"
+                      for i, g in zip(rows["instruction_id"], rows["generator"])]
+    rows["instruction"] = [f"question {i}" for i in rows["instruction_id"]]
+    matrix = rank_matrix(rows, n_bootstrap=0)
+    assert set(matrix.attrs["audit"]) == {"small", "big"}
+    loops = matrix.cells.set_index(["student", "generator"])["loop_share"]
+    assert loops[("small", "t-mid")] == loops[("big", "t-mid")] == 1.0 and loops[("big", "t-long")] == 0.0
+    small, big = matrix.attrs["audit"]["small"]["warnings"], matrix.attrs["audit"]["big"]["warnings"]
+    assert any("disagree" in w for w in small) and not any("disagree" in w for w in big)
+    assert any("t-mid" in w for w in big)
+    text = matrix.markdown()
+    assert "Signal audit, student small:" in text and "Signal audit, student big:" in text

@@ -52,6 +52,7 @@ from car_hf.core.errors import ConfigError, InputError
 from car_hf.core.inputs import check_numbers
 from car_hf.core.students import check_student_rows, student_column, student_columns, student_label, students_in
 from car_hf.publishing.cards.common import table
+from car_hf.ranking.audit import audit_leaderboard, audit_markdown
 from car_hf.ranking.leaderboard import _table_frame, bootstrap_car, bootstrap_weights, build_cells, rank_generators
 
 COMMON_RULES = {
@@ -136,6 +137,8 @@ class Matrix:
                                                             "n_bootstrap", "paired_by") if self.attrs.get(k) is not None)
         lines.append(f"CAR = reward / (1 + beta * base_loss@student); {notes}. ★ = the student's winner; "
                      "≈ = rank not decided at the confidence level (its interval of ranks is shown).")
+        for student, audit in self.attrs.get("audit", {}).items():
+            lines += ["", audit_markdown(audit, title=f"Signal audit, student {student}:")]
         return "\n".join(lines)
 
     def write(self, folder: str | Path) -> list[Path]:
@@ -216,11 +219,13 @@ def rank_matrix(
         raise InputError("the data has no rows: there is nothing to rank")
     settings = dict(by=by, beta=beta, reward_transform=reward_transform, reward_column=reward_column,
                     instruction_column=instruction_column, confidence=confidence, n_bootstrap=n_bootstrap, seed=seed)
-    tables = []
+    tables, audits = [], {}
     for label in labels:
         view = frame[[c for c in frame.columns if c not in per_student]].assign(
             **{plain: frame[column] for column, plain in student_columns(label, list(frame.columns)).items()})
         board = rank_generators(view, loss_column="base_loss", config={"student": label}, **settings)
+        board = audit_leaderboard(board, view, student=label)  # the signal audit, per student
+        audits[label] = board.attrs["car"]["audit"]
         board.insert(0, "student", label)
         tables.append(board)
     cells = pd.concat(tables, ignore_index=True)
@@ -253,7 +258,8 @@ def rank_matrix(
             tail = 100 * (1 - confidence) / 2
             row["regret_low"], row["regret_high"] = np.nanpercentile(regret, [tail, 100 - tail])
         regret_rows.append(row)
-    attrs = {**{k: v for k, v in tables[0].attrs.get("car", {}).items() if k != "student"},
+    attrs = {**{k: v for k, v in tables[0].attrs.get("car", {}).items() if k not in ("student", "audit")},
+             "audit": audits,
              "common_rule": common, "common_rule_text": COMMON_RULES[common], **dict(config or {})}
     if draws:
         best = np.stack([np.nanargmax(np.where(np.isnan(d), -np.inf, d), axis=1) for d in draws.values()])
