@@ -40,7 +40,7 @@ import datasets  # noqa: E402
 from pilot_real import scripted  # noqa: E402  (bench/ is the script's folder)
 from car_hf.evaluation.harness import write_arithmetic_task, write_heldout_task  # noqa: E402
 from car_hf.evaluation.pilot import BASELINE, run_pilot  # noqa: E402
-from car_hf.evaluation.student import EvaluationArguments  # noqa: E402
+from car_hf.evaluation.arguments import EvaluationArguments  # noqa: E402
 from car_hf.generation.tasks import AnswerReward, make_tasks  # noqa: E402
 from car_hf.generation.teacher import TeacherConfig  # noqa: E402
 

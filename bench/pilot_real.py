@@ -35,7 +35,7 @@ import datasets
 import yaml
 
 from car_hf import TeacherConfig, add_car, add_responses
-from car_hf.evaluation.student import EvaluationArguments
+from car_hf.evaluation.arguments import EvaluationArguments
 from car_hf.evaluation.pilot import run_pilot
 from car_hf.generation.tasks import AnswerReward, make_tasks
 

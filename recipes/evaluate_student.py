@@ -37,7 +37,7 @@ from typing import Any
 
 from car_hf import ConfigError
 from car_hf.cli.common import run_recipe
-from car_hf.evaluation.student import EvaluationArguments
+from car_hf.evaluation.arguments import EvaluationArguments
 from car_hf.generation.teacher import TeacherConfig
 
 logger = logging.getLogger("car_hf.recipes.evaluate_student")

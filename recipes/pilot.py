@@ -15,7 +15,7 @@
 
 The same as ``car-hf pilot --config recipes/configs/pilot_tiny_cpu.yaml ...`` on one machine. Options (a YAML config
 plus command-line overrides, ``TrlParser``): ``car_hf.evaluation.pilot.PilotArguments`` (the scored pool, the held-out set, the
-teachers, the budget's n, the seeds), ``car_hf.evaluation.student.EvaluationArguments`` (the scorers),
+teachers, the budget's n, the seeds), ``car_hf.evaluation.arguments.EvaluationArguments`` (the scorers),
 ``car_hf.TeacherConfig`` (the students' generation), ``trl.SFTConfig`` (epochs, learning rate; ``output_dir`` holds
 the report and the cache) and ``trl.ModelConfig`` (the student, ``use_peft``, ``lora_r``). The work is
 :func:`car_hf.evaluation.pilot.run_pilot`'s: bad input is refused before training, finished students are reused after a kill,

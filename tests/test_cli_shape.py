@@ -17,7 +17,7 @@ from car_hf.cli import build_parser
 from car_hf.cli.common import Parser, UsageError
 from car_hf.cli.teachers import pilot_help_parser, pilot_parser_full
 from car_hf.core.config import CARConfig
-from car_hf.evaluation.student import EvaluationArguments
+from car_hf.evaluation.arguments import EvaluationArguments
 from car_hf.evaluation.pilot_args import PilotArguments
 from car_hf.generation.teacher import TeacherConfig
 

@@ -29,7 +29,8 @@ from car_hf.evaluation.harness import (
     write_heldout_task,
 )
 from car_hf.evaluation.stats import paired_comparison
-from car_hf.evaluation.student import EvaluationArguments, EvaluationConfig, evaluate_student
+from car_hf.evaluation.arguments import EvaluationArguments
+from car_hf.evaluation.student import EvaluationConfig, evaluate_student
 from car_hf.generation.engines.base import stop_token_ids
 from car_hf.generation.tasks import ANSWER_MATCH, extract_answer, make_tasks
 from car_hf.generation.teacher import TeacherConfig

@@ -179,7 +179,7 @@ def pilot_parser_full() -> Any:
 def pilot_help_parser() -> Parser:
     """``car-hf pilot --help``: the pilot's own options, without TRL's (importing TRL takes seconds; ``--help-all``
     lists its options too, from :func:`pilot_parser_full`)."""
-    from car_hf.evaluation.student import EvaluationArguments
+    from car_hf.evaluation.arguments import EvaluationArguments
     from car_hf.evaluation.pilot_args import PilotArguments
 
     parser = Parser(prog="car-hf pilot", description=PILOT_DESCRIPTION, epilog=(

@@ -53,7 +53,7 @@ def pilot_parser(parser_class: type | None = None, **kwargs: Any) -> Any:
     """
     from trl import ModelConfig, TrlParser
 
-    from car_hf.evaluation.student import EvaluationArguments
+    from car_hf.evaluation.arguments import EvaluationArguments
     from car_hf.evaluation.pilot_sft import PilotSFTConfig
     from car_hf.generation.teacher import TeacherConfig
 
