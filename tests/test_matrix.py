@@ -19,6 +19,21 @@ from car_hf.publishing.cards.dataset import dataset_card
 from car_hf.ranking.leaderboard import bootstrap_weights, rank_generators
 from car_hf.ranking.matrix import Matrix, rank_matrix
 
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """bench/matrix_real.py (run in-process below) quiets the stack for its report: put it back for later tests."""
+    import datasets
+    import torch
+    import transformers
+
+    threads, verbosity, bars = torch.get_num_threads(), transformers.logging.get_verbosity(), \
+        datasets.is_progress_bar_enabled()
+    yield
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity(verbosity)
+    (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
+
+
 # 4 instructions × 3 teachers; rewards shared, losses per student. Student "small" fits teacher "t-short" best,
 # student "big" fits "t-long": the winner differs by student.
 REWARD = {"t-long": [0.9, 0.7, 0.8, 0.6], "t-mid": [0.6, 0.5, 0.7, 0.6], "t-short": [0.5, 0.4, 0.6, 0.5]}

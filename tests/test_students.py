@@ -28,6 +28,7 @@ from car_hf.training.selection import select, select_generator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import students_bench  # noqa: E402  (its pass counter)
+from test_recipe_commands import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = dict(max_length=256, dtype="float32", device="cpu")
@@ -99,11 +100,7 @@ def test_config_cli_and_recipe_take_several_students_and_keep_one_as_today():
     assert config_from_args(args).base_model == ["A", "B"]
     args = build_parser().parse_args(["score", "d.jsonl", "-o", "o", "--base_model", "A"])
     assert config_from_args(args).base_model == "A"
-    sys.path.insert(0, str(ROOT / "recipes"))
-    try:
-        import score
-    finally:
-        sys.path.remove(str(ROOT / "recipes"))
+    score = load_recipe("score")  # by path, as recipes_score: recipes/ stays off sys.path
     config_file = str(ROOT / "recipes" / "configs" / "score_tiny_cpu.yaml")
     _, config = score.make_parser().parse_args_and_config(["--config", config_file, "--base_model", "A",
                                                            "--base_model", "B"])
@@ -159,11 +156,7 @@ def test_each_students_columns_equal_its_own_single_run_and_rewards_are_scored_o
 # ------------------------------------------------------------------------------------------------ reuse
 def test_a_cached_job_that_gains_a_student_scores_only_that_student(zoo, ds, tmp_path):
     """recipes/score.py's path: each part (rewards, each student) is a cache key of its own under output_dir/cache."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    try:
-        import score
-    finally:
-        sys.path.remove(str(ROOT / "recipes"))
+    score = load_recipe("score")  # by path, as recipes_score: recipes/ stays off sys.path
     students, reward = zoo
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ds.to_list()))
